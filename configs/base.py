@@ -1,0 +1,121 @@
+"""The shared base of every config: MobileNet on Imagenette at 128 px, sized for a 2-core CPU.
+
+Each field can be overridden on the command line (`--config.optimizer.learning_rate=0.1`),
+and the config files take a short argument string (`--config=configs/dws.py:alpha=0.5,resolution=96`).
+"""
+import os
+import pathlib
+
+import ml_collections
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+IMAGENETTE_FOLDER = os.environ.get(
+    "MOBILENET_IMAGENETTE_DIR", str(PROJECT_ROOT.parent / "shared" / "data" / "imagenette2-224"))
+
+# Names the argument string may set, and the config fields they stand for.
+SHORTHANDS = {
+    "variant": "model.variant",
+    "alpha": "model.alpha",
+    "resolution": "data.resolution",
+    "batch": "train.global_batch_size",
+    "epochs": "train.num_epochs",
+    "lr": "optimizer.learning_rate",
+    "seed": "seed",
+    "dataset": "data.source",
+}
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict(dict(
+      variant="dws",            # dws (MobileNet) | conv (Conv MobileNet) | shallow
+      alpha=1.0,                # width multiplier
+      num_classes=10,
+      dropout_rate=0.2,
+      dtype="float32",          # computation dtype: float32 | bfloat16; parameters stay float32
+      depthwise_impl="auto",    # grouped (feature_group_count conv) | auto (fastest for the backend)
+      pointwise_impl="auto",    # conv | auto
+      bn_momentum=0.9,
+      bn_epsilon=1e-3,
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="folder",          # folder | tfds
+      folder=IMAGENETTE_FOLDER,  # root with <split>/<class>/<image> (source=folder)
+      tfds_name="imagenette/160px-v2",  # source=tfds: imagenette/{160px,320px,full-size}-v2 | imagenet2012
+      data_dir="",              # tfds data_dir; empty for tfds' default
+      train_split="train",
+      eval_split="val",         # a folder's subfolder name, or a tfds split such as "validation"
+      resolution=128,           # the paper's resolution multiplier: 224, 192, 160, 128 at rho = 1..4/7
+      min_area=0.25,            # Inception-style random crop; Inception itself uses 0.08
+      max_area=1.0,
+      min_aspect_ratio=3 / 4,
+      max_aspect_ratio=4 / 3,
+      crop_fraction=0.875,      # eval: central crop of this fraction, then resize
+      cache=True,               # keep decoded images in memory (small datasets)
+      image_dtype="float32",    # float32 | bfloat16
+      shuffle_buffer=16384,
+      on_corrupt="skip",        # skip (count and log) | error
+      prefetch_batches=2,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      global_batch_size=64,     # across all devices and processes
+      eval_batch_size=256,
+      num_epochs=10.0,
+      log_every_steps=20,
+      eval_every_steps=0,       # 0: once per epoch
+      checkpoint_every_steps=0,  # 0: once per epoch
+      keep_checkpoints=3,
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd",               # sgd (Nesterov momentum) | rmsprop (TensorFlow's) | adamw
+      learning_rate=0.1,        # peak, for a global batch of 256; scaled linearly with the batch
+      scale_learning_rate_with_batch=True,
+      schedule="warmup_cosine",  # warmup_cosine | exponential
+      warmup_epochs=1.0,
+      decay_rate=0.94,          # exponential: factor every decay_epochs (staircase)
+      decay_epochs=2.0,
+      momentum=0.9,
+      nesterov=True,
+      rmsprop_decay=0.9,
+      epsilon=1.0,              # rmsprop: inside the square root, TensorFlow-style
+      b1=0.9,
+      b2=0.999,
+      weight_decay=5e-5,
+      weight_decay_on_depthwise=False,  # the paper: little or no decay on depthwise filters
+      grad_clip_norm=0.0,       # 0: no clipping
+      label_smoothing=0.1,
+      ema_decay=0.0,            # 0: no parameter EMA; else evaluation uses the EMA weights
+  ))
+
+  config.distributed = ml_collections.ConfigDict(dict(
+      initialize=False,         # call jax.distributed.initialize() (multi-host)
+      coordinator_address="",   # empty: let JAX detect it (TPU, SLURM)
+      num_processes=0,
+      process_id=-1,
+  ))
+  return config
+
+
+def apply_argument(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies `key=value,key=value` from `--config=configs/x.py:key=value,...`."""
+  if not arg:
+    return config
+  for item in arg.split(","):
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or key not in SHORTHANDS:
+      raise ValueError(f"config argument {item!r}: expected key=value with key one of "
+                       f"{', '.join(SHORTHANDS)}")
+    section, _, field = SHORTHANDS[key].rpartition(".")
+    target = config[section] if section else config
+    current = target[field]
+    try:
+      target[field] = type(current)(value)
+    except ValueError:
+      raise ValueError(f"config argument {key}={value!r}: expected a {type(current).__name__}") from None
+  return config
