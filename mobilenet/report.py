@@ -1,0 +1,540 @@
+"""Accuracy against mult-adds of finished runs, as the paper's Tables 4-7 and Figure 4 show it.
+
+    python -m mobilenet.report PATH [PATH ...] --out DIR [--title TEXT] [--paper]
+                               [--base-resolution 224]
+
+Each PATH is a workdir holding eval_results.json, or that file itself. Writes
+DIR/results.md (one table per dataset, one row per model, then every run),
+DIR/results.json (the same rows, machine-readable) and
+DIR/accuracy_vs_mult_adds.png.
+
+Runs of one model (same dataset, variant, alpha and resolution; e.g. several
+seeds) are merged into one row: the mean, ± half the range (max - min) / 2,
+so that mean ± spread covers every run; with two seeds the sample standard
+deviation would be a poor estimate, the half range is exact about what was seen.
+"""
+import argparse
+import collections
+import dataclasses
+import json
+import pathlib
+import statistics
+import sys
+from typing import Any, Iterable, Optional, Sequence
+
+RESULTS_FILENAME = "eval_results.json"
+MARKDOWN_FILENAME = "results.md"
+JSON_FILENAME = "results.json"
+PLOT_FILENAME = "accuracy_vs_mult_adds.png"
+
+VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}
+DATASET_LABELS = {"imagenette": "Imagenette", "imagenet2012": "ImageNet", "imagenet": "ImageNet"}
+
+# Keys every eval_results.json must have, and the JSON types they may take.
+NUMBER = (int, float)
+REQUIRED_KEYS = {
+    "top1": NUMBER, "top5": NUMBER, "params": int, "mult_adds": int, "variant": str,
+    "alpha": NUMBER, "resolution": int, "dataset": str, "step": int,
+    "infer_images_per_s": NUMBER, "device": str,
+}
+OPTIONAL_KEYS = {"seed": int, "train_wall_s": NUMBER, "train_images_per_s": NUMBER, "name": str}
+
+PAPER_BASE_RESOLUTION = 224
+# The paper's resolution ladder is 224/192/160/128, steps of 32 px. A run's
+# resolution, rescaled to 224, matches the nearest rung within half a step:
+# this project's 128/112/96/80 ladder rescales to 224/196/168/140.
+PAPER_RESOLUTIONS = (224, 192, 160, 128)
+PAPER_RESOLUTION_TOLERANCE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperRow:
+  name: str
+  top1_percent: float
+  million_mult_adds: int
+  million_params: float
+  tables: str
+
+
+# ImageNet rows of Howard et al. (2017), keyed by (variant, alpha, resolution).
+PAPER_IMAGENET = {
+    ("dws", 1.0, 224): PaperRow("1.0 MobileNet-224", 70.6, 569, 4.2, "Tables 4, 6, 7"),
+    ("conv", 1.0, 224): PaperRow("Conv MobileNet", 71.7, 4866, 29.3, "Table 4"),
+    ("dws", 0.75, 224): PaperRow("0.75 MobileNet-224", 68.4, 325, 2.6, "Tables 5, 6"),
+    ("shallow", 1.0, 224): PaperRow("Shallow MobileNet", 65.3, 307, 2.9, "Table 5"),
+    ("dws", 0.5, 224): PaperRow("0.5 MobileNet-224", 63.7, 149, 1.3, "Table 6"),
+    ("dws", 0.25, 224): PaperRow("0.25 MobileNet-224", 50.6, 41, 0.5, "Table 6"),
+    ("dws", 1.0, 192): PaperRow("1.0 MobileNet-192", 69.1, 418, 4.2, "Table 7"),
+    ("dws", 1.0, 160): PaperRow("1.0 MobileNet-160", 67.2, 290, 4.2, "Table 7"),
+    ("dws", 1.0, 128): PaperRow("1.0 MobileNet-128", 64.4, 186, 4.2, "Table 7"),
+}
+
+
+class ReportError(Exception):
+  """A problem with the inputs, reported as one line without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  source: str  # the eval_results.json it came from
+  run_name: str  # `name` from the file, else the workdir's name
+  top1: float
+  top5: float
+  params: int
+  mult_adds: int
+  variant: str
+  alpha: float
+  resolution: int
+  dataset: str
+  step: int
+  infer_images_per_s: float
+  device: str
+  seed: Optional[int] = None
+  train_wall_s: Optional[float] = None
+  train_images_per_s: Optional[float] = None
+
+  @property
+  def model_key(self) -> tuple:
+    return (self.dataset, self.variant, self.alpha, self.resolution)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRow:
+  name: str
+  dataset: str
+  variant: str
+  alpha: float
+  resolution: int
+  runs: tuple[Run, ...]
+  top1_mean: float
+  top1_spread: Optional[float]  # half the range; None for a single run
+  top5_mean: float
+  mult_adds: int
+  params: int
+  infer_images_per_s_mean: float
+  paper: Optional[PaperRow]
+
+
+# ---------------------------------------------------------------- load
+
+def results_file(path: pathlib.Path) -> pathlib.Path:
+  """The eval_results.json that a command-line PATH stands for."""
+  if path.is_dir():
+    candidate = path / RESULTS_FILENAME
+    if not candidate.is_file():
+      raise ReportError(f"{path}: no {RESULTS_FILENAME} in this directory (run not finished?)")
+    return candidate
+  if not path.exists():
+    raise ReportError(f"{path}: no such file or directory")
+  return path
+
+
+def is_of_type(value: Any, expected) -> bool:
+  # bool is an int in Python, never a count or a score here; an integral float
+  # (e.g. 400.0 written by a serializer) still counts as an int.
+  if isinstance(value, bool):
+    return False
+  if expected is int and isinstance(value, float):
+    return value.is_integer()
+  return isinstance(value, expected)
+
+
+def parse_run(record: Any, source: pathlib.Path) -> Run:
+  """Checks one decoded eval_results.json and turns it into a Run."""
+  if not isinstance(record, dict):
+    raise ReportError(f"{source}: expected one JSON object, got {type(record).__name__}")
+  for key in REQUIRED_KEYS:
+    if key not in record:
+      raise ReportError(f"{source}: missing key '{key}'")
+  for key, expected in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
+    if record.get(key) is not None and not is_of_type(record[key], expected):
+      raise ReportError(f"{source}: key '{key}' has the wrong type ({record[key]!r})")
+  if record["variant"] not in VARIANT_LABELS:
+    raise ReportError(f"{source}: key 'variant' must be one of {', '.join(VARIANT_LABELS)}; "
+                      f"got {record['variant']!r}")
+  for key in ("top1", "top5"):
+    if not 0 <= record[key] <= 1:
+      raise ReportError(f"{source}: key '{key}' must be a fraction in [0, 1]; got {record[key]!r}")
+  for key in ("mult_adds", "params", "resolution", "alpha"):
+    if not record[key] > 0:
+      raise ReportError(f"{source}: key '{key}' must be > 0; got {record[key]!r}")
+  seed = None if record.get("seed") is None else int(record["seed"])
+  optional = {key: record.get(key) for key in ("train_wall_s", "train_images_per_s")}
+  return Run(
+      source=str(source),
+      run_name=record.get("name") or source.parent.name or str(source),
+      top1=float(record["top1"]), top5=float(record["top5"]),
+      params=int(record["params"]), mult_adds=int(record["mult_adds"]),
+      variant=record["variant"], alpha=round(float(record["alpha"]), 4),
+      resolution=int(record["resolution"]), dataset=record["dataset"], step=int(record["step"]),
+      infer_images_per_s=float(record["infer_images_per_s"]), device=record["device"],
+      seed=seed, **optional)
+
+
+def load_run(source: pathlib.Path) -> Run:
+  """Reads and checks one eval_results.json."""
+  try:
+    record = json.loads(source.read_text())
+  except json.JSONDecodeError as error:
+    raise ReportError(f"{source}: not valid JSON (line {error.lineno}, column {error.colno}: "
+                      f"{error.msg})") from None
+  except (OSError, UnicodeDecodeError) as error:
+    raise ReportError(f"{source}: cannot read ({error})") from None
+  return parse_run(record, source)
+
+
+def load_runs(paths: Iterable[pathlib.Path]) -> list[Run]:
+  """One Run per distinct file; a workdir named twice (or with its file) counts once."""
+  runs, seen = [], set()
+  for path in paths:
+    source = results_file(path)
+    if source.resolve() not in seen:
+      seen.add(source.resolve())
+      runs.append(load_run(source))
+  return runs
+
+
+# ---------------------------------------------------------------- aggregate
+
+def format_alpha(alpha: float) -> str:
+  """1.0 -> "1.0", 0.75 -> "0.75": the paper writes the width multiplier this way."""
+  text = f"{alpha:.4f}".rstrip("0")
+  return text + "0" if text.endswith(".") else text
+
+
+def model_name(variant: str, alpha: float, resolution: int, base_resolution: int) -> str:
+  """The paper's names: "0.75 MobileNet-128"; "Conv MobileNet" and "Shallow MobileNet"
+  carry a width or resolution only where they leave the base model's."""
+  if variant == "dws":
+    return f"{format_alpha(alpha)} MobileNet-{resolution}"
+  width = "" if alpha == 1.0 else f"{format_alpha(alpha)} "
+  size = "" if resolution == base_resolution else f"-{resolution}"
+  return f"{width}{VARIANT_LABELS[variant]}{size}"
+
+
+def paper_resolution(resolution: int, base_resolution: int) -> Optional[int]:
+  """The rung of the paper's 224/192/160/128 ladder that a run's resolution stands for."""
+  scaled = resolution * PAPER_BASE_RESOLUTION / base_resolution
+  nearest = min(PAPER_RESOLUTIONS, key=lambda rung: abs(rung - scaled))
+  return nearest if abs(nearest - scaled) <= PAPER_RESOLUTION_TOLERANCE else None
+
+
+def paper_row(variant: str, alpha: float, resolution: int,
+              base_resolution: int) -> Optional[PaperRow]:
+  rung = paper_resolution(resolution, base_resolution)
+  return PAPER_IMAGENET.get((variant, alpha, rung)) if rung else None
+
+
+def half_range(values: Sequence[float]) -> Optional[float]:
+  return (max(values) - min(values)) / 2 if len(values) > 1 else None
+
+
+def the_same(runs: Sequence[Run], key: str, name: str):
+  """A value that all runs of one model must agree on (their size is analytic)."""
+  values = {getattr(run, key) for run in runs}
+  if len(values) > 1:
+    sources = ", ".join(run.source for run in runs)
+    raise ReportError(f"runs of {name} disagree on '{key}' ({sorted(values)}): {sources}")
+  return values.pop()
+
+
+def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
+  """One row per model, sorted as the paper's tables: most mult-adds first."""
+  by_model = collections.defaultdict(list)
+  for run in runs:
+    by_model[run.model_key].append(run)
+  rows = []
+  for (dataset, variant, alpha, resolution), model_runs in by_model.items():
+    name = model_name(variant, alpha, resolution, base_resolution)
+    model_runs = sorted(model_runs, key=lambda run: (run.seed is None, run.seed or 0, run.source))
+    top1s = [run.top1 for run in model_runs]
+    rows.append(ModelRow(
+        name=name, dataset=dataset, variant=variant, alpha=alpha, resolution=resolution,
+        runs=tuple(model_runs),
+        top1_mean=statistics.fmean(top1s), top1_spread=half_range(top1s),
+        top5_mean=statistics.fmean(run.top5 for run in model_runs),
+        mult_adds=the_same(model_runs, "mult_adds", name),
+        params=the_same(model_runs, "params", name),
+        infer_images_per_s_mean=statistics.fmean(run.infer_images_per_s for run in model_runs),
+        paper=paper_row(variant, alpha, resolution, base_resolution)))
+  return sorted(rows, key=lambda row: (row.dataset, -row.mult_adds, row.name))
+
+
+# ---------------------------------------------------------------- format
+
+def dataset_label(dataset: str) -> str:
+  """"imagenet2012" -> "ImageNet"; a tfds name like "imagenette/160px-v2" -> "Imagenette"."""
+  return DATASET_LABELS.get(dataset.split("/")[0].lower(), dataset)
+
+
+def format_images_per_s(value: float) -> str:
+  return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def count_label(runs: Sequence[Run]) -> str:
+  seeds = [run.seed for run in runs]
+  distinct_seeds = None not in seeds and len(set(seeds)) == len(seeds)
+  return f"{len(runs)} {'seeds' if distinct_seeds else 'runs'}"
+
+
+def format_accuracy(row: ModelRow) -> str:
+  text = f"{100 * row.top1_mean:.1f}%"
+  if row.top1_spread is not None:
+    text += f" ± {100 * row.top1_spread:.1f} ({count_label(row.runs)})"
+  return text
+
+
+def format_paper(paper: Optional[PaperRow]) -> str:
+  if paper is None:
+    return "—"
+  return f"{paper.top1_percent:.1f}% / {paper.million_mult_adds}M ({paper.name})"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]],
+                   text_columns: Sequence[str]) -> list[str]:
+  """Numbers right-aligned so that their digits line up when rendered; text left."""
+  align = ["---" if column in text_columns else "---:" for column in header]
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return lines
+
+
+def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
+  header = ["Model", f"{dataset_label(rows[0].dataset)} Accuracy", "Million Mult-Adds",
+            "Million Parameters", "Images/s"]
+  if with_paper:
+    header.append("Paper: ImageNet Top-1 / Mult-Adds")
+  cells = []
+  for row in rows:
+    line = [row.name, format_accuracy(row), f"{row.mult_adds / 1e6:.0f}",
+            f"{row.params / 1e6:.1f}", format_images_per_s(row.infer_images_per_s_mean)]
+    if with_paper:
+      line.append(format_paper(row.paper))
+    cells.append(line)
+  return markdown_table(header, cells, text_columns=(header[0], header[-1]) if with_paper
+                        else (header[0],))
+
+
+def runs_table(rows: Sequence[ModelRow]) -> list[str]:
+  header = ["Model", "Run", "Seed", "Step", "Top-1", "Top-5", "Million Mult-Adds",
+            "Million Parameters", "Images/s", "Device"]
+  cells = []
+  for row in rows:
+    for run in row.runs:
+      cells.append([row.name, run.run_name, "—" if run.seed is None else str(run.seed),
+                    str(run.step), f"{100 * run.top1:.1f}%", f"{100 * run.top5:.1f}%",
+                    f"{run.mult_adds / 1e6:.0f}", f"{run.params / 1e6:.1f}",
+                    format_images_per_s(run.infer_images_per_s), run.device])
+  return markdown_table(header, cells, text_columns=("Model", "Run", "Device"))
+
+
+def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int) -> list[str]:
+  devices = sorted({run.device for row in rows for run in row.runs})
+  notes = [
+      "Accuracy is top-1 on the evaluation split. Where a model has several runs, the row "
+      "shows their mean ± half the range, (max − min) / 2, in percentage points, so that "
+      "mean ± spread covers every run; all runs are listed below.",
+      "Images/s is the measured inference throughput (mean over runs) on "
+      + (devices[0] if len(devices) == 1 else "several devices: " + "; ".join(devices)) + ".",
+  ]
+  if with_paper:
+    notes.append(
+        "Paper: ImageNet top-1 and mult-adds of Howard et al. (2017), Tables 4–7, for the same "
+        f"variant and width, resolution r read as r × 224 / {base_resolution} and matched to the "
+        "nearest of 224/192/160/128 within 16 px. Different dataset, resolution and classifier: "
+        "compare trends, not numbers.")
+  return notes
+
+
+def format_markdown(rows: Sequence[ModelRow], title: str, with_paper: bool,
+                    base_resolution: int) -> str:
+  lines = [f"# {title}", ""]
+  for dataset in sorted({row.dataset for row in rows}):
+    dataset_rows = [row for row in rows if row.dataset == dataset]
+    lines += [f"## {dataset_label(dataset)} ({dataset})", ""]
+    lines += models_table(dataset_rows, with_paper) + [""]
+    for note in table_notes(dataset_rows, with_paper, base_resolution):
+      lines += [note, ""]
+    lines += [f"### All runs ({dataset_label(dataset)})", ""]
+    lines += runs_table(dataset_rows) + [""]
+  return "\n".join(lines)
+
+
+def run_to_json(run: Run) -> dict:
+  return dataclasses.asdict(run)
+
+
+def row_to_json(row: ModelRow) -> dict:
+  return {
+      "name": row.name, "dataset": row.dataset, "variant": row.variant, "alpha": row.alpha,
+      "resolution": row.resolution, "num_runs": len(row.runs),
+      "seeds": [run.seed for run in row.runs],
+      "top1_mean": row.top1_mean, "top1_half_range": row.top1_spread,
+      "top5_mean": row.top5_mean, "mult_adds": row.mult_adds, "params": row.params,
+      "infer_images_per_s_mean": row.infer_images_per_s_mean,
+      "devices": sorted({run.device for run in row.runs}),
+      "sources": [run.source for run in row.runs],
+      "paper_imagenet": None if row.paper is None else dataclasses.asdict(row.paper),
+  }
+
+
+def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int) -> str:
+  document = {
+      "title": title,
+      "base_resolution": base_resolution,
+      "spread": "top1_half_range = (max - min) / 2 over a model's runs, as a fraction; "
+                "null for a single run",
+      "models": [row_to_json(row) for row in rows],
+      "runs": [run_to_json(run) for row in rows for run in row.runs],
+  }
+  return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------- plot
+
+def sweep_families(rows: Sequence[ModelRow]) -> list[tuple[str, list[ModelRow]]]:
+  """The lines of the paper's Figure 4: MobileNets of one resolution across widths
+  ("width"), and of one width across resolutions ("resolution"); two models or more."""
+  width_sweeps, resolution_sweeps = collections.defaultdict(list), collections.defaultdict(list)
+  for row in rows:
+    if row.variant == "dws":
+      width_sweeps[(row.dataset, row.resolution)].append(row)
+      resolution_sweeps[(row.dataset, row.alpha)].append(row)
+  families = [("width", members) for members in width_sweeps.values()]
+  families += [("resolution", members) for members in resolution_sweeps.values()]
+  return [(kind, sorted(members, key=lambda row: row.mult_adds))
+          for kind, members in families if len(members) > 1]
+
+
+# Where a point's label may go, in points from the point, tried in this order.
+LABEL_PLACES = (((6, -3), "left"), ((6, 5), "left"), ((6, -12), "left"),
+                ((-6, 5), "right"), ((-6, -12), "right"))
+
+
+def annotate(axes, text: str, x: float, y: float, offset: tuple[int, int], alignment: str):
+  return axes.annotate(text, (x, y), xytext=offset, textcoords="offset points",
+                       horizontalalignment=alignment, fontsize=8)
+
+
+def contains(outer, inner) -> bool:
+  return (outer.x0 <= inner.x0 and inner.x1 <= outer.x1
+          and outer.y0 <= inner.y0 and inner.y1 <= outer.y1)
+
+
+def place_labels(axes, renderer, labels: Sequence[tuple[str, float, float]]) -> None:
+  """Puts each label at the first of LABEL_PLACES inside the axes that overlaps no label
+  placed before: close points' labels would otherwise print over each other."""
+  inside = axes.get_window_extent(renderer)
+  placed = []
+  for text, x, y in labels:
+    chosen = None
+    for offset, alignment in LABEL_PLACES:
+      candidate = annotate(axes, text, x, y, offset, alignment)
+      box = candidate.get_window_extent(renderer)
+      if contains(inside, box) and not any(box.overlaps(other) for other in placed):
+        chosen = candidate
+        break
+      candidate.remove()
+    if chosen is None:  # crowded everywhere: the first place, overlapping
+      chosen = annotate(axes, text, x, y, *LABEL_PLACES[0])
+    placed.append(chosen.get_window_extent(renderer))
+
+
+def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path) -> None:
+  """Figure 4 of the paper for these runs: a marker per run, lines along each sweep."""
+  # Figure and its Agg canvas directly: no pyplot state, no display needed.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(8, 6), dpi=120)
+  canvas = FigureCanvasAgg(figure)
+  axes = figure.add_subplot()
+  datasets = sorted({row.dataset for row in rows})
+  colors = {dataset: f"C{index}" for index, dataset in enumerate(datasets)}
+  markers = {"dws": "o", "conv": "s", "shallow": "^"}
+  line_styles = {"width": "-", "resolution": "--"}
+
+  labelled = set()
+  for kind, members in sweep_families(rows):
+    label = f"{kind} sweep" if kind not in labelled else None
+    labelled.add(kind)
+    axes.plot([row.mult_adds / 1e6 for row in members],
+              [100 * row.top1_mean for row in members],
+              line_styles[kind], color=colors[members[0].dataset], alpha=0.6, label=label)
+  for row in rows:
+    label = VARIANT_LABELS[row.variant] if row.variant not in labelled else None
+    labelled.add(row.variant)
+    axes.scatter([row.mult_adds / 1e6] * len(row.runs), [100 * run.top1 for run in row.runs],
+                 marker=markers[row.variant], color=colors[row.dataset], alpha=0.8, label=label,
+                 zorder=3)
+
+  axes.set_xscale("log")
+  axes.set_xlabel("Million Mult-Adds (log scale)")
+  axes.set_ylabel("Top-1 accuracy (%)")
+  axes.set_title(title)
+  axes.grid(True, which="both", alpha=0.3)
+  axes.legend(loc="lower right", fontsize=8)
+  axes.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+  figure.tight_layout()
+  # Labels last, once the axes are laid out, so that their measured boxes are final.
+  place_labels(axes, canvas.get_renderer(), [
+      (row.name if len(datasets) == 1 else f"{row.name} ({dataset_label(row.dataset)})",
+       row.mult_adds / 1e6, 100 * row.top1_mean)
+      for row in sorted(rows, key=lambda row: -row.top1_mean)])
+  figure.savefig(path, format="png")
+
+
+# ---------------------------------------------------------------- command line
+
+def default_title(rows: Sequence[ModelRow]) -> str:
+  datasets = ", ".join(dataset_label(dataset) for dataset in sorted({row.dataset for row in rows}))
+  return f"MobileNet accuracy vs mult-adds ({datasets})"
+
+
+def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_paper: bool,
+                 base_resolution: int) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  (out / MARKDOWN_FILENAME).write_text(
+      format_markdown(rows, title, with_paper, base_resolution), encoding="utf-8")
+  (out / JSON_FILENAME).write_text(format_json(rows, title, base_resolution), encoding="utf-8")
+  plot(rows, title, out / PLOT_FILENAME)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m mobilenet.report", description=__doc__.split("\n")[0])
+  parser.add_argument("paths", nargs="+", type=pathlib.Path, metavar="PATH",
+                      help=f"a run's workdir, or its {RESULTS_FILENAME}")
+  parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
+                      help=f"where to write {MARKDOWN_FILENAME}, {JSON_FILENAME}, {PLOT_FILENAME}")
+  parser.add_argument("--title", help="title of the report and the plot")
+  parser.add_argument("--paper", action="store_true",
+                      help="add the paper's ImageNet top-1 / mult-adds for matching models")
+  parser.add_argument("--base-resolution", type=int, default=PAPER_BASE_RESOLUTION,
+                      help="the resolution that stands for the paper's 224 (this project: 128)")
+  args = parser.parse_args(argv)
+  if args.base_resolution <= 0:
+    parser.error("--base-resolution must be > 0")
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
+  try:
+    rows = aggregate(load_runs(args.paths), args.base_resolution)
+    title = args.title or default_title(rows)
+    write_report(rows, args.out, title, args.paper, args.base_resolution)
+  except ReportError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  except OSError as error:  # e.g. --out not writable
+    print(f"error: {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
+    return 1
+  print(f"wrote {len(rows)} models from {sum(len(row.runs) for row in rows)} runs to "
+        f"{args.out / MARKDOWN_FILENAME}, {args.out / JSON_FILENAME}, "
+        f"{args.out / PLOT_FILENAME}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,216 @@
+"""The report command: paper-style table, merged seeds, paper column, plot and input errors."""
+import json
+import pathlib
+
+import pytest
+
+from mobilenet import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(folder: pathlib.Path, **overrides) -> pathlib.Path:
+  """A workdir with an eval_results.json: a 1.0 MobileNet-128 on Imagenette unless overridden."""
+  record = dict(top1=0.853, top5=0.981, params=3_220_000, mult_adds=186_123_456, variant="dws",
+                alpha=1.0, resolution=128, dataset="imagenette", step=5000,
+                infer_images_per_s=812.3, device="cpu: AMD EPYC x2", seed=0)
+  record.update(overrides)
+  folder.mkdir(parents=True)
+  (folder / "eval_results.json").write_text(json.dumps(record))
+  return folder
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> pathlib.Path:
+  """Two seeds of one model and four other models, as several runs of the project would leave."""
+  runs = tmp_path_factory.mktemp("runs")
+  write_run(runs / "dws_seed0", seed=0, top1=0.853)
+  write_run(runs / "dws_seed1", seed=1, top1=0.861, infer_images_per_s=800.0)
+  write_run(runs / "half", alpha=0.5, top1=0.792, params=870_000, mult_adds=48_700_000)
+  write_run(runs / "low_res", resolution=96, top1=0.8249, mult_adds=104_600_000)
+  write_run(runs / "conv", variant="conv", top1=0.874, params=28_150_000,
+            mult_adds=1_606_000_000, infer_images_per_s=95.44)
+  write_run(runs / "shallow", variant="shallow", top1=0.81, params=2_010_000,
+            mult_adds=101_300_000, name="shallow-final")
+  return runs
+
+
+@pytest.fixture(scope="module")
+def paper_report(sweep, tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp("report")
+  paths = [str(path) for path in sorted(sweep.iterdir())]
+  assert report.main(paths + ["--out", str(out), "--paper", "--base-resolution", "128",
+                              "--title", "Imagenette sweep"]) == 0
+  return out
+
+
+def table_rows(markdown: str, heading: str) -> list[list[str]]:
+  """The cells of the first table after the line that starts with `heading`."""
+  lines = markdown.splitlines()
+  start = next(index for index, line in enumerate(lines) if line.startswith(heading))
+  table = []
+  for line in lines[start + 1:]:
+    if line.startswith("|"):
+      table.append([cell.strip() for cell in line.strip("|").split("|")])
+    elif table:
+      break
+  return table[2:]  # past the header and the alignment row
+
+
+def test_model_table_has_the_papers_columns_names_and_descending_mult_adds(paper_report):
+  markdown = (paper_report / "results.md").read_text()
+  assert markdown.startswith("# Imagenette sweep")
+  assert ("| Model | Imagenette Accuracy | Million Mult-Adds | Million Parameters | Images/s |"
+          in markdown)
+  rows = table_rows(markdown, "## Imagenette")
+  assert [row[0] for row in rows] == [
+      "Conv MobileNet", "1.0 MobileNet-128", "1.0 MobileNet-96", "Shallow MobileNet",
+      "0.5 MobileNet-128"]
+
+
+def test_model_table_rounds_accuracy_mult_adds_params_and_throughput(paper_report):
+  rows = {row[0]: row for row in table_rows((paper_report / "results.md").read_text(),
+                                            "## Imagenette")}
+  assert rows["1.0 MobileNet-96"][1:5] == ["82.5%", "105", "3.2", "812"]
+  assert rows["0.5 MobileNet-128"][1:4] == ["79.2%", "49", "0.9"]
+  assert rows["Conv MobileNet"][2:5] == ["1606", "28.1", "95.4"]  # slow models keep a decimal
+
+
+def test_two_seeds_of_one_model_become_one_row_with_mean_and_half_range(paper_report):
+  markdown = (paper_report / "results.md").read_text()
+  rows = {row[0]: row for row in table_rows(markdown, "## Imagenette")}
+  assert rows["1.0 MobileNet-128"][1] == "85.7% ± 0.4 (2 seeds)"
+  assert rows["1.0 MobileNet-128"][4] == "806"  # mean images/s of the two runs
+  assert "half the range" in markdown
+
+
+def test_all_runs_table_keeps_every_seed_and_the_run_name(paper_report):
+  runs = table_rows((paper_report / "results.md").read_text(), "### All runs")
+  assert len(runs) == 6
+  seeds = [(row[1], row[2], row[4]) for row in runs if row[0] == "1.0 MobileNet-128"]
+  assert seeds == [("dws_seed0", "0", "85.3%"), ("dws_seed1", "1", "86.1%")]
+  assert any(row[1] == "shallow-final" for row in runs)  # `name` wins over the folder name
+
+
+def test_paper_column_matches_variant_width_and_rescaled_resolution(paper_report):
+  rows = {row[0]: row for row in table_rows((paper_report / "results.md").read_text(),
+                                            "## Imagenette")}
+  assert rows["1.0 MobileNet-128"][5] == "70.6% / 569M (1.0 MobileNet-224)"
+  assert rows["1.0 MobileNet-96"][5] == "67.2% / 290M (1.0 MobileNet-160)"  # 96 * 224/128 = 168
+  assert rows["Conv MobileNet"][5] == "71.7% / 4866M (Conv MobileNet)"
+  assert rows["Shallow MobileNet"][5] == "65.3% / 307M (Shallow MobileNet)"
+  assert rows["0.5 MobileNet-128"][5] == "63.7% / 149M (0.5 MobileNet-224)"
+
+
+def test_results_json_holds_the_aggregated_rows_and_every_run(paper_report):
+  document = json.loads((paper_report / "results.json").read_text())
+  models = document["models"]
+  assert [model["mult_adds"] for model in models] == sorted(
+      (model["mult_adds"] for model in models), reverse=True)
+  merged = next(model for model in models if model["name"] == "1.0 MobileNet-128")
+  assert merged["num_runs"] == 2 and merged["seeds"] == [0, 1]
+  assert merged["top1_mean"] == pytest.approx(0.857)
+  assert merged["top1_half_range"] == pytest.approx(0.004)
+  assert merged["paper_imagenet"]["top1_percent"] == 70.6
+  assert len(document["runs"]) == 6
+
+
+def test_plot_is_a_valid_png_of_real_size(paper_report):
+  from matplotlib import image
+
+  path = paper_report / "accuracy_vs_mult_adds.png"
+  assert path.read_bytes()[:8] == PNG_SIGNATURE
+  assert path.stat().st_size > 20_000
+  height, width, _ = image.imread(path).shape
+  assert width >= 800 and height >= 600
+
+
+def test_without_paper_flag_there_is_no_paper_column_and_a_workdir_counts_once(sweep, tmp_path):
+  run = sweep / "half"
+  assert report.main([str(run), str(run / "eval_results.json"), "--out", str(tmp_path)]) == 0
+  markdown = (tmp_path / "results.md").read_text()
+  assert "Paper" not in markdown
+  assert table_rows(markdown, "## Imagenette") == [["0.5 MobileNet-128", "79.2%", "49", "0.9",
+                                                     "812"]]
+
+
+def test_names_follow_the_paper_and_mark_non_base_conv_and_shallow():
+  assert report.model_name("dws", 1.0, 224, 224) == "1.0 MobileNet-224"
+  assert report.model_name("dws", 0.75, 128, 128) == "0.75 MobileNet-128"
+  assert report.model_name("conv", 1.0, 128, 128) == "Conv MobileNet"
+  assert report.model_name("conv", 1.0, 96, 128) == "Conv MobileNet-96"
+  assert report.model_name("shallow", 0.5, 224, 224) == "0.5 Shallow MobileNet"
+
+
+def test_project_resolution_ladder_maps_onto_the_papers():
+  assert [report.paper_resolution(r, 128) for r in (128, 112, 96, 80)] == [224, 192, 160, 128]
+  assert [report.paper_resolution(r, 224) for r in (224, 192, 160, 128)] == [224, 192, 160, 128]
+  assert report.paper_resolution(48, 128) is None  # 84 px: far from every rung
+
+
+def run_failing(argv, capsys) -> str:
+  """Runs main expecting failure; returns its single line of stderr."""
+  assert report.main(argv) != 0
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and "Traceback" not in error
+  return error
+
+
+def test_workdir_without_results_fails_with_one_line_naming_it(tmp_path, capsys):
+  (tmp_path / "unfinished").mkdir()
+  error = run_failing([str(tmp_path / "unfinished"), "--out", str(tmp_path / "out")], capsys)
+  assert str(tmp_path / "unfinished") in error and "eval_results.json" in error
+  assert not (tmp_path / "out").exists()
+
+
+def test_missing_path_fails_with_one_line_naming_it(tmp_path, capsys):
+  error = run_failing([str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], capsys)
+  assert str(tmp_path / "nowhere") in error
+
+
+def test_missing_key_fails_with_one_line_naming_file_and_key(tmp_path, capsys):
+  run = write_run(tmp_path / "run")
+  record = json.loads((run / "eval_results.json").read_text())
+  del record["mult_adds"]
+  (run / "eval_results.json").write_text(json.dumps(record))
+  error = run_failing([str(run), "--out", str(tmp_path / "out")], capsys)
+  assert str(run / "eval_results.json") in error and "'mult_adds'" in error
+
+
+def test_malformed_json_fails_with_one_line_naming_the_file(tmp_path, capsys):
+  broken = tmp_path / "broken.json"
+  broken.write_text('{"top1": 0.8,')
+  error = run_failing([str(broken), "--out", str(tmp_path / "out")], capsys)
+  assert str(broken) in error and "not valid JSON" in error
+
+
+def test_top1_written_as_a_percentage_is_rejected(tmp_path, capsys):
+  run = write_run(tmp_path / "run", top1=85.3)
+  error = run_failing([str(run), "--out", str(tmp_path / "out")], capsys)
+  assert "'top1'" in error and "fraction" in error
+
+
+def test_runs_of_one_model_that_disagree_on_size_are_rejected(tmp_path, capsys):
+  first = write_run(tmp_path / "a", seed=0)
+  second = write_run(tmp_path / "b", seed=1, mult_adds=200_000_000)
+  error = run_failing([str(first), str(second), "--out", str(tmp_path / "out")], capsys)
+  assert "1.0 MobileNet-128" in error and "'mult_adds'" in error
+
+
+def test_each_dataset_gets_its_own_table_headed_by_its_name(tmp_path):
+  imagenette = write_run(tmp_path / "imagenette")
+  imagenet = write_run(tmp_path / "imagenet", dataset="imagenet2012", resolution=224, top1=0.702,
+                       mult_adds=569_000_000, params=4_230_000)
+  assert report.main([str(imagenette), str(imagenet), "--out", str(tmp_path / "out")]) == 0
+  markdown = (tmp_path / "out" / "results.md").read_text()
+  assert "| Model | ImageNet Accuracy |" in markdown
+  assert "| Model | Imagenette Accuracy |" in markdown
+  assert table_rows(markdown, "## ImageNet (imagenet2012)")[0][:3] == [
+      "1.0 MobileNet-224", "70.2%", "569"]
+
+
+def test_crowded_labels_still_make_a_plot(tmp_path):
+  """Many models at one point: no free place is left for most labels, the plot still comes out."""
+  runs = [write_run(tmp_path / f"run{alpha}", alpha=alpha) for alpha in (1.0, 0.9, 0.8, 0.7, 0.6)]
+  assert report.main([str(run) for run in runs] + ["--out", str(tmp_path / "out")]) == 0
+  assert (tmp_path / "out" / "accuracy_vs_mult_adds.png").read_bytes()[:8] == PNG_SIGNATURE
