@@ -28,7 +28,9 @@ JSON_FILENAME = "results.json"
 PLOT_FILENAME = "accuracy_vs_mult_adds.png"
 
 VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}
-DATASET_LABELS = {"imagenette": "Imagenette", "imagenet2012": "ImageNet", "imagenet": "ImageNet"}
+# Display names by prefix, longest first: the trainer writes a folder's name
+# ("imagenette2-224") or a tfds name ("imagenet2012").
+DATASET_LABELS = (("imagenette", "Imagenette"), ("imagenet", "ImageNet"))
 
 # Keys every eval_results.json must have, and the JSON types they may take.
 NUMBER = (int, float)
@@ -263,8 +265,11 @@ def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
 # ---------------------------------------------------------------- format
 
 def dataset_label(dataset: str) -> str:
-  """"imagenet2012" -> "ImageNet"; a tfds name like "imagenette/160px-v2" -> "Imagenette"."""
-  return DATASET_LABELS.get(dataset.split("/")[0].lower(), dataset)
+  """"imagenet2012" -> "ImageNet", "imagenette2-224" -> "Imagenette"; others as written."""
+  for prefix, label in DATASET_LABELS:
+    if dataset.lower().startswith(prefix):
+      return label
+  return dataset
 
 
 def format_images_per_s(value: float) -> str:

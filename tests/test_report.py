@@ -214,3 +214,9 @@ def test_crowded_labels_still_make_a_plot(tmp_path):
   runs = [write_run(tmp_path / f"run{alpha}", alpha=alpha) for alpha in (1.0, 0.9, 0.8, 0.7, 0.6)]
   assert report.main([str(run) for run in runs] + ["--out", str(tmp_path / "out")]) == 0
   assert (tmp_path / "out" / "accuracy_vs_mult_adds.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_dataset_labels_read_the_names_the_trainer_writes():
+  assert report.dataset_label("imagenette2-224") == "Imagenette"
+  assert report.dataset_label("imagenet2012") == "ImageNet"
+  assert report.dataset_label("cifar10") == "cifar10"
