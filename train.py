@@ -1,0 +1,26 @@
+"""Trains MobileNet: `python train.py --config=configs/dws.py [--workdir=runs/dws]`.
+
+Resumes from the latest checkpoint in the workdir; see README.md for the options.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from mobilenet import cli, train_lib
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:alpha=0.5]",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
+                    "(default: runs/<variant>_a<alpha>_r<resolution>_s<seed>)")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config, workdir = cli.prepare(FLAGS.config, FLAGS.workdir, for_training=True)
+  train_lib.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  cli.run(main)
