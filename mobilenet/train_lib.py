@@ -44,8 +44,9 @@ def build_model(config: ml_collections.ConfigDict) -> model.MobileNet:
       pointwise_impl=m.pointwise_impl, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon)
 
 
-def device_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def device_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of all processes): pure data parallelism."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def device_description() -> str:

@@ -21,3 +21,26 @@ def imagenette_dir() -> pathlib.Path:
     pytest.skip(f"real Imagenette folder not found at {path} "
                 "(set MOBILENET_IMAGENETTE_DIR to run this test)")
   return path
+
+
+def write_image_folder(root: pathlib.Path, *, classes=("ant", "bee", "cat"), train_per_class=6,
+                       val_per_class=3, size=40, seed=0) -> pathlib.Path:
+  """A tiny image folder in the Imagenette layout whose classes differ by colour (learnable)."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  for split, count in (("train", train_per_class), ("val", val_per_class)):
+    for index, name in enumerate(classes):
+      folder = root / split / name
+      folder.mkdir(parents=True, exist_ok=True)
+      for i in range(count):
+        base = np.zeros((size, size, 3))
+        base[..., index % 3] = 200
+        pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}_{i}.JPEG", format="JPEG")
+  return root
+
+
+@pytest.fixture
+def tiny_image_folder(tmp_path) -> pathlib.Path:
+  return write_image_folder(tmp_path / "images")
