@@ -1,0 +1,338 @@
+"""The input pipeline: folder and tfds sources, labels, determinism, resume, eval padding, bad files."""
+import logging
+import pathlib
+import socket
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import base
+from mobilenet import data
+
+RESOLUTION = 32
+# Each class has its own colour; grayscale files get the colour's luma.
+CLASS_COLOURS = {"ant": (220, 40, 40), "bee": (40, 220, 40), "cat": (40, 40, 220)}
+LABEL_NAMES = ("ant", "bee", "cat")  # sorted folder names, whatever order they were made in
+
+
+def _luma(colour):
+  r, g, b = colour
+  return round(0.299 * r + 0.587 * g + 0.114 * b)
+
+
+def _picture(colour, height, width, mode="RGB"):
+  """A colour with a gentle diagonal ramp, so different crops have different pixels."""
+  ramp = (np.arange(height)[:, None] + np.arange(width)[None, :]) * 40 // (height + width) - 20
+  if mode == "L":
+    return Image.fromarray(np.clip(_luma(colour) + ramp, 0, 255).astype(np.uint8), "L")
+  pixels = np.clip(np.array(colour)[None, None, :] + ramp[..., None], 0, 255).astype(np.uint8)
+  image = Image.fromarray(pixels, "RGB")
+  if mode == "RGBA":
+    alpha = Image.fromarray(np.full((height, width), 128, np.uint8), "L")
+    image.putalpha(alpha)
+  return image
+
+
+def _write_tiny_folder(root: pathlib.Path) -> pathlib.Path:
+  """3 classes; train has 9 readable images and 3 bad files, val 7 images. Returns the root."""
+  # (file name, mode, format, height, width) per class, made in unsorted class order.
+  train = {
+      "cat": [("c0.jpg", "RGB", "JPEG", 40, 56), ("c1.JPEG", "RGB", "JPEG", 56, 40),
+              ("c2.png", "L", "PNG", 48, 48)],
+      "ant": [("a0.jpg", "RGB", "JPEG", 48, 64), ("a1.png", "RGB", "PNG", 40, 40),
+              ("a2.jpg", "L", "JPEG", 64, 48)],
+      "bee": [("b0.jpg", "RGB", "JPEG", 44, 60), ("b1.png", "RGBA", "PNG", 52, 52),
+              ("b2.jpg", "RGB", "JPEG", 36, 50)],
+  }
+  val = {
+      "bee": [("vb0.jpg", "RGB", "JPEG", 48, 48), ("vb1.png", "RGBA", "PNG", 40, 60)],
+      "ant": [("va0.jpg", "RGB", "JPEG", 50, 40), ("va1.jpg", "L", "JPEG", 48, 48),
+              ("va2.png", "RGB", "PNG", 40, 40)],
+      "cat": [("vc0.jpg", "RGB", "JPEG", 60, 44), ("vc1.jpg", "RGB", "JPEG", 40, 40)],
+  }
+  for split, classes in (("train", train), ("val", val)):
+    for name, files in classes.items():
+      folder = root / split / name
+      folder.mkdir(parents=True)
+      for file_name, mode, fmt, height, width in files:
+        _picture(CLASS_COLOURS[name], height, width, mode).save(folder / file_name, fmt)
+  whole = (root / "train" / "ant" / "a0.jpg").read_bytes()
+  (root / "train" / "ant" / "broken.jpg").write_bytes(whole[:len(whole) // 2])  # truncated
+  (root / "train" / "bee" / "empty.jpg").write_bytes(b"")
+  (root / "train" / "cat" / "notes.txt").write_text("not an image")
+  (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0\0")  # hidden files are not images
+  return root
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> pathlib.Path:
+  return _write_tiny_folder(tmp_path_factory.mktemp("tiny"))
+
+
+def _config(folder, **overrides) -> ml_collections.ConfigDict:
+  config = base.get_base_config().data
+  config.folder = str(folder)
+  config.resolution = RESOLUTION
+  config.update(overrides)
+  return config
+
+
+def _take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def _class_of(image: np.ndarray) -> int:
+  """The class whose colour (or that colour's grey) is nearest the image's mean colour."""
+  mean = (image.astype(np.float32).reshape(-1, 3).mean(0) + 1) * 127.5
+  colours = [np.array(CLASS_COLOURS[name]) for name in LABEL_NAMES]
+  references = list(enumerate(colours)) + [(label, np.full(3, _luma(colour)))
+                                           for label, colour in enumerate(colours)]
+  return min(references, key=lambda ref: np.abs(ref[1] - mean).sum())[0]
+
+
+# ----------------------------------------------------------------------------- folder source
+
+
+def test_label_names_are_sorted_class_folders_and_bad_files_are_counted(tiny_folder, caplog):
+  caplog.set_level(logging.WARNING)
+  info = data.dataset_info(_config(tiny_folder, cache=False))
+  assert info == data.DatasetInfo(num_classes=3, label_names=LABEL_NAMES,
+                                  num_train_examples=9, num_eval_examples=7)
+  skipped = data._load_split(_config(tiny_folder, cache=False), "train").skipped
+  assert sorted(pathlib.Path(p).name for p in skipped) == ["broken.jpg", "empty.jpg", "notes.txt"]
+  assert "skipped 3 unreadable" in caplog.text and "broken.jpg" in caplog.text
+  cached = data._load_split(_config(tiny_folder, cache=True), "train")
+  assert (cached.num_examples, len(cached.skipped)) == (9, 3)
+
+
+def test_folder_labels_match_tfds_imagenette(imagenette_dir):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  names = tfds.builder("imagenette/160px-v2").info.features["label"].names
+  assert data._folder_label_names(_config(imagenette_dir)) == tuple(names)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("image_dtype", ["float32", "bfloat16"])
+def test_train_batches_shapes_dtypes_ranges_and_labels(tiny_folder, cache, image_dtype):
+  config = _config(tiny_folder, cache=cache, image_dtype=image_dtype)
+  batches = _take(data.train_batches(config, global_batch_size=6, seed=0), 4)
+  for batch in batches:
+    assert set(batch) == {"image", "label"}
+    assert batch["image"].shape == (6, RESOLUTION, RESOLUTION, 3)
+    assert str(batch["image"].dtype) == image_dtype
+    assert batch["label"].dtype == np.int32
+    image = batch["image"].astype(np.float32)
+    assert -1.0 <= image.min() and image.max() <= 1.0
+    assert [_class_of(im) for im in image] == batch["label"].tolist()
+  # 24 examples over 9 images: every image of an epoch appears once before any repeats.
+  labels = np.concatenate([b["label"] for b in batches])[:9]
+  assert np.bincount(labels, minlength=3).tolist() == [3, 3, 3]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_train_batches_depend_only_on_seed_and_step(tiny_folder, cache):
+  config = _config(tiny_folder, cache=cache)
+  uninterrupted = _take(data.train_batches(config, global_batch_size=4, seed=7), 6)
+  resumed = _take(data.train_batches(config, global_batch_size=4, seed=7, start_step=3), 3)
+  for a, b in zip(uninterrupted[3:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  other_seed = _take(data.train_batches(config, global_batch_size=4, seed=8), 1)[0]
+  assert not np.array_equal(other_seed["image"], uninterrupted[0]["image"])
+  # Successive epochs differ in order and in crops.
+  assert not np.array_equal(uninterrupted[0]["image"], uninterrupted[5]["image"])
+
+
+def test_resume_far_ahead_decodes_nothing_skipped(tiny_folder):
+  """Step 10^12 would take forever if the skipped examples were read."""
+  config = _config(tiny_folder, cache=False)
+  batch = next(data.train_batches(config, global_batch_size=4, seed=0, start_step=10**12))
+  assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_process_slices_make_up_the_global_batch(tiny_folder, cache):
+  config = _config(tiny_folder, cache=cache)
+  whole = _take(data.train_batches(config, global_batch_size=6, seed=3, start_step=2,
+                                   process_index=0, process_count=1), 3)
+  halves = [_take(data.train_batches(config, global_batch_size=6, seed=3, start_step=2,
+                                     process_index=p, process_count=2), 3) for p in range(2)]
+  for step, batch in enumerate(whole):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(
+          batch[key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
+
+
+def _eval_examples(config, global_batch_size, process_count):
+  """Eval batches of every process, stitched back into global order; checks padding on the way."""
+  per_process = [list(data.eval_batches(config, global_batch_size=global_batch_size,
+                                        process_index=p, process_count=process_count))
+                 for p in range(process_count)]
+  expected_batches = data.num_eval_batches(config, global_batch_size=global_batch_size)
+  assert [len(batches) for batches in per_process] == [expected_batches] * process_count
+  images, labels = [], []
+  for step in range(expected_batches):
+    for batches in per_process:
+      batch = batches[step]
+      assert batch["mask"].dtype == bool
+      assert batch["image"].shape[0] == global_batch_size // process_count
+      assert not batch["image"][~batch["mask"]].any()  # padding is blank
+      images += list(batch["image"][batch["mask"]])
+      labels += list(batch["label"][batch["mask"]])
+  return np.stack(images), np.array(labels)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_eval_sees_every_example_once_with_padding(tiny_folder, cache):
+  config = _config(tiny_folder, cache=cache)
+  reference_images, reference_labels = _eval_examples(config, 1, 1)
+  assert reference_labels.tolist() == [0, 0, 0, 1, 1, 2, 2]
+  assert [_class_of(im) for im in reference_images] == reference_labels.tolist()
+  for global_batch_size, process_count in ((4, 1), (4, 2), (6, 2), (16, 2)):
+    images, labels = _eval_examples(config, global_batch_size, process_count)
+    np.testing.assert_array_equal(labels, reference_labels)
+    np.testing.assert_array_equal(images, reference_images)
+
+
+def test_eval_is_a_central_crop(tmp_path):
+  """A 100x60 image whose centre square is white and the rest black: the crop shows mostly white."""
+  pixels = np.zeros((100, 60, 3), np.uint8)
+  pixels[20:80] = 255
+  for split in ("train", "val"):
+    (tmp_path / split / "only").mkdir(parents=True)
+    Image.fromarray(pixels).save(tmp_path / split / "only" / "x.png")
+  batch = next(data.eval_batches(_config(tmp_path, crop_fraction=1.0), global_batch_size=1))
+  np.testing.assert_allclose(batch["image"], 1.0)
+
+
+def test_corrupt_file_is_an_error_when_asked(tiny_folder):
+  with pytest.raises(ValueError, match=r"unreadable image file .*broken\.jpg"):
+    data.dataset_info(_config(tiny_folder, on_corrupt="error"))
+
+
+def test_missing_split_and_empty_class_folder_name_the_path(tmp_path):
+  for root in (tmp_path / "no_val", tmp_path / "empty_class"):
+    (root / "train" / "ant").mkdir(parents=True)
+    _picture((1, 2, 3), 8, 8).save(root / "train" / "ant" / "a.png")
+  with pytest.raises(ValueError, match=f"split folder {tmp_path / 'no_val' / 'val'} not found"):
+    data.dataset_info(_config(tmp_path / "no_val"))
+  (tmp_path / "empty_class" / "train" / "bee").mkdir()
+  empty = tmp_path / "empty_class" / "train" / "bee"
+  with pytest.raises(ValueError, match=f"class folder {empty} is empty"):
+    data.dataset_info(_config(tmp_path / "empty_class"))
+
+
+def test_class_missing_from_eval_split_names_the_path(tmp_path):
+  for split, name in (("train", "ant"), ("train", "bee"), ("val", "ant")):
+    (tmp_path / split / name).mkdir(parents=True)
+    _picture((1, 2, 3), 8, 8).save(tmp_path / split / name / "a.png")
+  with pytest.raises(ValueError, match=f"class folder {tmp_path / 'val' / 'bee'} is missing"):
+    data.dataset_info(_config(tmp_path))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("source", "s3"), ("image_dtype", "float16"), ("on_corrupt", "ignore"),
+    ("crop_fraction", 0.0), ("min_area", 2.0), ("max_aspect_ratio", 0.5), ("resolution", 0),
+])
+def test_bad_config_values_name_the_field(tiny_folder, field, value):
+  with pytest.raises(ValueError, match=f"data.{field}"):
+    data.dataset_info(_config(tiny_folder, **{field: value}))
+
+
+def test_batch_must_divide_over_processes(tiny_folder):
+  with pytest.raises(ValueError, match="global_batch_size=5 .* process_count=2"):
+    data.train_batches(_config(tiny_folder), global_batch_size=5, seed=0, process_index=0,
+                       process_count=2)
+  with pytest.raises(ValueError, match="process_index=2"):
+    data.eval_batches(_config(tiny_folder), global_batch_size=4, process_index=2, process_count=2)
+
+
+# ----------------------------------------------------------------------------- tfds source
+
+NUM_MOCK_EXAMPLES = 10
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  # mock_data fakes the download, so whether the real hosts answer is beside the point.
+  monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
+  data._loaded_splits.clear()  # the mock's examples must not be served from another test's load
+  with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
+    yield tfds
+  data._loaded_splits.clear()
+
+
+def _tfds_config(**overrides):
+  settings = dict(source="tfds", tfds_name="imagenette/160px-v2", data_dir="/nonexistent",
+                  shuffle_buffer=4)
+  return _config("", **{**settings, **overrides})
+
+
+def test_tfds_info_has_the_dataset_label_names(mock_tfds):
+  info = data.dataset_info(_tfds_config())
+  assert info.num_classes == 10
+  assert info.label_names[:2] == ("n01440764", "n02102040")
+  assert (info.num_train_examples, info.num_eval_examples) == (NUM_MOCK_EXAMPLES, NUM_MOCK_EXAMPLES)
+
+
+@pytest.mark.parametrize("access", ["cache", "stream", "random_access"])
+def test_tfds_train_batches_are_resumable_and_split_over_processes(mock_tfds, monkeypatch, access):
+  monkeypatch.setattr(data, "_tfds_random_access", lambda builder: access == "random_access")
+  config = _tfds_config(cache=access == "cache")
+  whole = _take(data.train_batches(config, global_batch_size=4, seed=1), 6)
+  for batch in whole:
+    assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
+    assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+    assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert ((0 <= batch["label"]) & (batch["label"] < 10)).all()
+  resumed = _take(data.train_batches(config, global_batch_size=4, seed=1, start_step=4,
+                                     process_index=1, process_count=2), 2)
+  for a, b in zip(whole[4:], resumed):
+    np.testing.assert_array_equal(a["image"][2:], b["image"])
+    np.testing.assert_array_equal(a["label"][2:], b["label"])
+
+
+@pytest.mark.parametrize("access", ["cache", "stream", "random_access"])
+def test_tfds_eval_sees_every_example_once(mock_tfds, monkeypatch, access):
+  monkeypatch.setattr(data, "_tfds_random_access", lambda builder: access == "random_access")
+  config = _tfds_config(cache=access == "cache")
+  reference_images, reference_labels = _eval_examples(config, 1, 1)
+  assert len(reference_labels) == NUM_MOCK_EXAMPLES
+  images, labels = _eval_examples(config, 4, 2)
+  np.testing.assert_array_equal(labels, reference_labels)
+  np.testing.assert_array_equal(images, reference_images)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+  """Name resolution fails, as on a machine without internet."""
+  pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("importlib_resources", reason="tfds downloads need importlib_resources")
+
+  def no_network(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+  monkeypatch.setattr(socket, "getaddrinfo", no_network)
+
+
+def _assert_offline_advice(config):
+  with pytest.raises(data.DataSourceUnavailableError) as raised:
+    data.dataset_info(config)
+  message = str(raised.value)
+  assert "imagenette/160px-v2" in message and "network is unreachable" in message
+  assert "--config.data.source=folder" in message and "--config.data.data_dir=" in message
+  assert raised.value.__suppress_context__  # one paragraph, not a chain of tracebacks
+
+
+def test_tfds_offline_fails_fast_with_advice(tmp_path, offline):
+  _assert_offline_advice(_tfds_config(data_dir=str(tmp_path)))
+
+
+def test_tfds_offline_download_failure_gets_the_same_advice(tmp_path, offline, monkeypatch):
+  """Past the quick check (say DNS works but the download does not), tfds' own error is translated."""
+  from tensorflow_datasets.core.download import downloader
+  monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
+  monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # tfds would back off for minutes
+  _assert_offline_advice(_tfds_config(data_dir=str(tmp_path)))
