@@ -230,8 +230,8 @@ def initialize_distributed(config) -> None:
   dist = config.distributed
   if not dist.initialize:
     return
-  if jax.config.jax_platforms in (None, "", "cpu") and dist.coordinator_address:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Cross-process collectives on CPU need gloo; the setting does not touch GPU or TPU backends.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if dist.coordinator_address:
     kwargs = dict(coordinator_address=dist.coordinator_address,

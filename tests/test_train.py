@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -39,7 +40,11 @@ def _final_state(workdir):
   steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
                  if p.name.isdigit())
   path = pathlib.Path(workdir) / "checkpoints" / str(steps[-1]) / "state"
-  return steps[-1], ocp.StandardCheckpointer().restore(path.absolute())
+  # The checkpoint may come from another device count: restore onto this process's one device.
+  single_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  return steps[-1], checkpointer.restore(
+      path.absolute(), args=ocp.args.StandardRestore(fallback_sharding=single_device))
 
 
 def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tmp_path):
@@ -147,3 +152,46 @@ def test_eight_devices_give_the_same_losses_and_params_as_one():
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
   assert "OK" in result.stdout
+
+
+def _free_port():
+  import socket
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
+  """Two processes with two CPU devices each, over jax.distributed on loopback, against one
+  process with four devices: same global batches, so the same final model."""
+  overrides = {"optimizer.learning_rate": 0.002, "model.dropout_rate": 0.0,
+               "train.eval_batch_size": 4}
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  _run("train.py", *_train_flags(tiny_image_folder, tmp_path / "single", **overrides), env=env)
+
+  port = _free_port()
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  processes = []
+  for process_id in range(2):
+    flags = _train_flags(tiny_image_folder, tmp_path / "multi", **overrides) + [
+        "--config.distributed.initialize=True",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={process_id}"]
+    processes.append(subprocess.Popen(
+        [sys.executable, "train.py", *flags], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **env}))
+  outputs = [process.communicate(timeout=600) for process in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, f"{out[-2000:]}\n{err[-5000:]}"
+  assert "4 cpu device(s)" in outputs[0][0]
+
+  single = json.loads((tmp_path / "single" / "eval_results.json").read_text())
+  multi = json.loads((tmp_path / "multi" / "eval_results.json").read_text())
+  assert single["step"] == multi["step"] == 4
+  assert multi["num_examples"] == single["num_examples"] == 9
+  assert multi["loss"] == pytest.approx(single["loss"], rel=1e-3)
+  _, state_single = _final_state(tmp_path / "single")
+  _, state_multi = _final_state(tmp_path / "multi")
+  for (key, a), (_, b) in zip(_leaves(state_single), _leaves(state_multi)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=key)
