@@ -2,7 +2,11 @@
 
 Resumes from the latest checkpoint in the workdir; see README.md for the options.
 """
-from absl import app, flags
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
 from mobilenet import cli, train_lib

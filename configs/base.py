@@ -69,6 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       eval_every_steps=0,       # 0: once per epoch
       checkpoint_every_steps=0,  # 0: once per epoch
       keep_checkpoints=3,
+      inference_benchmark_s=3.0,  # time spent measuring inference images/s for eval_results.json
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

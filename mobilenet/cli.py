@@ -6,7 +6,7 @@ import tempfile
 
 import jax
 import ml_collections
-from absl import app
+from absl import app, flags, logging
 
 from mobilenet import checkpoints, costs, model, ops, optim, train_lib
 
@@ -98,6 +98,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.IncompatibleCheckpoint
 
 def run(main) -> None:
   def guarded(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
     try:
       main(argv)
     except USER_ERRORS as error:

@@ -164,8 +164,7 @@ def evaluate(steps: Steps, state: TrainState, config) -> dict[str, float]:
           "loss": float(totals["loss"]) / count, "count": count}
 
 
-def measure_inference_speed(net, state: TrainState, config, *, batch_size: int = 64,
-                            seconds: float = 3.0) -> float:
+def measure_inference_speed(net, state: TrainState, config, *, batch_size: int = 64) -> float:
   """Images per second of the jitted forward pass on this device, after warm-up."""
   resolution = config.data.resolution
   images = jnp.zeros((batch_size, resolution, resolution, 3), jnp.dtype(config.model.dtype))
@@ -173,7 +172,7 @@ def measure_inference_speed(net, state: TrainState, config, *, batch_size: int =
       {"params": s.ema_params, "batch_stats": s.batch_stats}, x, train=False))
   forward(state, images).block_until_ready()
   count, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds or count < 3:
+  while time.perf_counter() - start < config.train.inference_benchmark_s or count < 3:
     forward(state, images).block_until_ready()
     count += 1
   return count * batch_size / (time.perf_counter() - start)

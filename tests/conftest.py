@@ -1,10 +1,16 @@
 """Shared pytest fixtures."""
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# The tests start many short train.py / eval.py processes that compile the same small
+# programs: a persistent compilation cache shared by the session makes each one cheap.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mobilenet-jax-cache-"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def imagenette_path() -> pathlib.Path:

@@ -32,6 +32,7 @@ def _train_flags(folder, workdir, epochs=2, **overrides):
            "--config.model.num_classes=3",
            "--config.train.eval_batch_size=8",
            "--config.train.log_every_steps=1",
+           "--config.train.inference_benchmark_s=0.1",
            "--config.optimizer.learning_rate=0.4"]
   return flags + [f"--config.{key}={value}" for key, value in overrides.items()]
 
