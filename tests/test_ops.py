@@ -1,0 +1,188 @@
+"""Every conv implementation computes the grouped/standard convolution's function and gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mobilenet import model, ops
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _grouped(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC,
+                                  feature_group_count=x.shape[-1])
+
+
+def _shifted(x, kernel, strides, padding):
+  return ops.shifted_depthwise_conv(x, kernel, strides, padding, dimension_numbers=NHWC,
+                                    feature_group_count=x.shape[-1])
+
+
+def _random(shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def _value_and_grads(conv, x, kernel, cotangent, **conv_args):
+  """Output and d<output, cotangent>/d(x, kernel): checks the custom VJPs against autodiff."""
+  loss = lambda x, k: jnp.sum(conv(x, k, **conv_args) * cotangent)
+  return conv(x, kernel, **conv_args), jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+
+def _assert_close(actual, expected, name, tolerance=2e-5):
+  # Relative to the largest magnitude: sums over many pixels carry float32 rounding.
+  scale = float(jnp.max(jnp.abs(expected))) + 1e-6
+  np.testing.assert_allclose(np.asarray(actual) / scale, np.asarray(expected) / scale,
+                             atol=tolerance, rtol=0, err_msg=name)
+
+
+# (stride, spatial size, channels, padding): strides 1 and 2 on odd, even and
+# mixed sizes, with TF-style 'SAME' (stride 2 on even input pads 0 before,
+# 1 after), 'VALID' and explicit, uneven pads.
+DEPTHWISE_CASES = [
+    (1, (7, 7), 8, "SAME"),
+    (2, (7, 7), 8, "SAME"),
+    (1, (8, 8), 1, "SAME"),
+    (2, (8, 8), 24, "SAME"),
+    (2, (6, 9), 3, "SAME"),
+    (1, (6, 9), 24, "VALID"),
+    (2, (8, 7), 8, "VALID"),
+    (2, (8, 7), 8, ((0, 2), (1, 0))),
+    (1, (5, 6), 16, ((2, 0), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("stride, size, channels, padding", DEPTHWISE_CASES)
+def test_shifted_depthwise_matches_grouped(stride, size, channels, padding):
+  x = _random((2, *size, channels), seed=0)
+  kernel = _random((3, 3, 1, channels), seed=1)
+  args = dict(strides=(stride, stride), padding=padding)
+  cotangent = _random(_grouped(x, kernel, **args).shape, seed=2)
+
+  @jax.jit
+  def both(x, kernel):
+    return (_value_and_grads(_grouped, x, kernel, cotangent, **args),
+            _value_and_grads(_shifted, x, kernel, cotangent, **args))
+
+  (expected_y, expected_grads), (y, grads) = both(x, kernel)
+  _assert_close(y, expected_y, "output")
+  _assert_close(grads[0], expected_grads[0], "d input")
+  _assert_close(grads[1], expected_grads[1], "d kernel")
+
+
+def test_shifted_depthwise_mixed_strides_and_jit():
+  x = _random((1, 9, 10, 4), seed=3)
+  kernel = _random((3, 3, 1, 4), seed=4)
+  args = dict(strides=(2, 1), padding="SAME")
+  cotangent = _random(_grouped(x, kernel, **args).shape, seed=5)
+  expected, actual = jax.jit(lambda x, k: (
+      _value_and_grads(_grouped, x, k, cotangent, **args),
+      _value_and_grads(_shifted, x, k, cotangent, **args)))(x, kernel)
+  for a, e, name in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), ("y", "dx", "dk")):
+    _assert_close(a, e, name)
+
+
+def test_shifted_depthwise_bfloat16_accumulates_in_float32():
+  x = _random((2, 8, 8, 16), seed=6)
+  kernel = _random((3, 3, 1, 16), seed=7)
+  expected = _grouped(x, kernel, (1, 1), "SAME")
+  y = _shifted(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME")
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(expected), atol=0.1, rtol=0.02)
+
+
+def test_shifted_depthwise_falls_back_to_lax_for_other_convolutions():
+  x = _random((1, 6, 6, 4), seed=8)
+  dense = _random((3, 3, 4, 5), seed=9)
+  np.testing.assert_allclose(
+      ops.shifted_depthwise_conv(x, dense, (1, 1), "SAME", dimension_numbers=NHWC),
+      lax.conv_general_dilated(x, dense, (1, 1), "SAME", dimension_numbers=NHWC), rtol=1e-6)
+
+
+def _pointwise(impl, x, kernel, strides, padding):
+  return ops.pointwise_conv_fn(impl)(x, kernel, strides, padding, dimension_numbers=NHWC)
+
+
+@pytest.mark.parametrize("stride, size, channels", [
+    (1, (7, 7), (3, 5)), (2, (7, 7), (16, 32)), (2, (8, 6), (3, 5)), (1, (8, 6), (16, 32))])
+def test_matmul_pointwise_matches_conv(stride, size, channels):
+  x = _random((2, *size, channels[0]), seed=10)
+  kernel = _random((1, 1, *channels), seed=11)
+  args = dict(strides=(stride, stride), padding="SAME")
+  conv = lambda x, k, **a: _pointwise("conv", x, k, **a)
+  matmul = lambda x, k, **a: _pointwise("matmul", x, k, **a)
+  cotangent = _random(conv(x, kernel, **args).shape, seed=12)
+  (expected_y, expected_grads), (y, grads) = jax.jit(lambda x, k: (
+      _value_and_grads(conv, x, k, cotangent, **args),
+      _value_and_grads(matmul, x, k, cotangent, **args)))(x, kernel)
+  _assert_close(y, expected_y, "output")
+  _assert_close(grads[0], expected_grads[0], "d input")
+  _assert_close(grads[1], expected_grads[1], "d kernel")
+
+
+def test_auto_picks_by_backend(monkeypatch):
+  monkeypatch.setattr(ops, "_on_cpu", lambda: True)
+  assert (ops.resolve_depthwise_impl("auto"), ops.resolve_pointwise_impl("auto")) == (
+      "shifted", "matmul")
+  monkeypatch.setattr(ops, "_on_cpu", lambda: False)
+  assert (ops.resolve_depthwise_impl("auto"), ops.resolve_pointwise_impl("auto")) == (
+      "grouped", "conv")
+  assert ops.depthwise_conv_fn("grouped") is lax.conv_general_dilated
+  assert ops.pointwise_conv_fn("conv") is lax.conv_general_dilated
+
+
+@pytest.mark.parametrize("field, call", [
+    ("depthwise_impl", lambda: ops.depthwise_conv_fn("fast")),
+    ("pointwise_impl", lambda: ops.pointwise_conv_fn("dense")),
+])
+def test_unknown_impl_names_the_field(field, call):
+  with pytest.raises(ValueError, match=field):
+    call()
+
+
+def test_model_impls_share_params_logits_and_grads():
+  """A checkpoint trained with one implementation evaluates (and trains) the same with another.
+
+  Logits match to float32 rounding. Gradients flow back through 27
+  training-mode BatchNorms, each dividing by a batch spread taken over as few
+  as 16 values (40 px: 20, 10, 5, 3, 2 px, odd sizes at stride 2 included),
+  which amplifies rounding: here the float32 reference itself is ~1e-3 off
+  float64, so the gradients are held to 1e-3 of each leaf's largest value; a
+  misplaced tap or pad would be off by O(1).
+  """
+  batch, resolution = 4, 40
+  images = _random((batch, resolution, resolution, 3), seed=13)
+  labels = jnp.arange(batch) % 5
+  make = lambda dw, pw: model.MobileNet(num_classes=5, alpha=0.25, depthwise_impl=dw,
+                                        pointwise_impl=pw)
+  variables = make("grouped", "conv").init(jax.random.key(0), images)
+
+  def logits_and_grads(net):
+    def loss(params):
+      logits, _ = net.apply({**variables, "params": params}, images, train=True,
+                            rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(batch), labels]), logits
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    return net.apply(variables, images), logits, grads
+
+  impls = [("grouped", "conv"), ("shifted", "matmul"), ("shifted", "conv"), ("grouped", "matmul")]
+  results = jax.jit(lambda: [logits_and_grads(make(dw, pw)) for dw, pw in impls])()
+  expected = results[0]
+  for (dw, pw), (eval_logits, train_logits, grads) in zip(impls[1:], results[1:]):
+    _assert_close(eval_logits, expected[0], f"{dw}/{pw} eval logits")
+    _assert_close(train_logits, expected[1], f"{dw}/{pw} train logits")
+    for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(expected[2])):
+      _assert_close(a, e, f"{dw}/{pw} grad {jax.tree_util.keystr(path)}", tolerance=1e-3)
+
+
+def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
+  net = model.MobileNet(num_classes=5, alpha=0.25)
+  images = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(net.init, jax.random.key(0), images)
+  jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x))(variables, images)
+  convs = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "conv_general_dilated"]
+  if jax.default_backend() == "cpu":
+    assert [eqn.params["feature_group_count"] for eqn in convs] == [1]  # only the first 3x3
+  else:
+    assert len(convs) == 27
