@@ -18,6 +18,7 @@ import math
 import mmap
 import os
 import pathlib
+import re
 import socket
 import sys
 import time
@@ -286,12 +287,32 @@ def _class_folders(split_dir: pathlib.Path) -> list[str]:
   return classes
 
 
+_SLICE = re.compile(r"^(?P<name>[^\[\]]+)(\[(?P<start>\d+)?%?:(?P<end>\d+)?%?\])?$")
+
+
+def _parse_folder_split(split: str) -> tuple[str, float, float]:
+  """'train[:90%]' -> ('train', 0.0, 0.9): a per-class slice, as tfds slices its splits.
+
+  Slicing each class's sorted files keeps the class balance, so 'train[90%:]' is a fair
+  held-out set for tuning without touching the validation split.
+  """
+  match = _SLICE.match(split)
+  start = int(match["start"] or 0) if match else 0
+  end = int(match["end"] or 100) if match else 100
+  if not match or not 0 <= start < end <= 100:
+    raise ValueError(f"split {split!r}: expected a folder name, optionally sliced in percent "
+                     "like train[:90%] or train[90%:]")
+  return match["name"], start / 100, end / 100
+
+
 def _folder_label_names(data_config) -> tuple[str, ...]:
   """The sorted class folders of the training split: the same order as tfds' Imagenette labels."""
-  return tuple(_class_folders(pathlib.Path(data_config.folder) / data_config.train_split))
+  train_dir, _, _ = _parse_folder_split(data_config.train_split)
+  return tuple(_class_folders(pathlib.Path(data_config.folder) / train_dir))
 
 
-def _list_folder(split_dir: pathlib.Path, label_names: tuple[str, ...]):
+def _list_folder(split_dir: pathlib.Path, label_names: tuple[str, ...], start: float = 0.0,
+                 end: float = 1.0):
   classes = _class_folders(split_dir)
   if classes != list(label_names):
     missing = sorted(set(label_names) - set(classes))
@@ -307,14 +328,18 @@ def _list_folder(split_dir: pathlib.Path, label_names: tuple[str, ...]):
                    if entry.is_file() and not entry.name.startswith("."))
     if not files:
       raise ValueError(f"class folder {class_dir} is empty (every class needs at least one image)")
+    files = files[round(start * len(files)):round(end * len(files))]
+    if not files:
+      raise ValueError(f"the slice [{start:.0%}:{end:.0%}] of class folder {class_dir} is empty")
     paths += [str(class_dir / f) for f in files]
     labels += [label] * len(files)
   return paths, np.asarray(labels, np.int32)
 
 
 def _load_folder_split(data_config, split: str) -> _Split:
-  split_dir = pathlib.Path(data_config.folder) / split
-  paths, labels = _list_folder(split_dir, _folder_label_names(data_config))
+  name, start, end = _parse_folder_split(split)
+  split_dir = pathlib.Path(data_config.folder) / name
+  paths, labels = _list_folder(split_dir, _folder_label_names(data_config), start, end)
   examples = tf.data.Dataset.from_tensor_slices(
       (np.arange(len(paths), dtype=np.int64), paths, labels))
   examples = examples.map(lambda i, path, label: (i, tf.io.read_file(path), label))

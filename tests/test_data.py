@@ -336,3 +336,20 @@ def test_tfds_offline_download_failure_gets_the_same_advice(tmp_path, offline, m
   monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
   monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # tfds would back off for minutes
   _assert_offline_advice(_tfds_config(data_dir=str(tmp_path)))
+
+
+def test_sliced_folder_splits_hold_out_a_disjoint_share_of_every_class(tmp_path):
+  from tests.conftest import write_image_folder
+  folder = write_image_folder(tmp_path / "images", train_per_class=10)
+  tuning = data._load_split(_config(folder, cache=False), "train[:80%]")
+  held_out = data._load_split(_config(folder, cache=False, eval_split="train[80%:]"),
+                              "train[80%:]")
+  assert (tuning.num_examples, held_out.num_examples) == (24, 6)
+  config = _config(folder, train_split="train[:80%]", eval_split="train[80%:]")
+  info = data.dataset_info(config)
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (3, 24, 6)
+  labels = np.concatenate([b["label"][b["mask"]] for b in data.eval_batches(
+      config, global_batch_size=4)])
+  assert np.bincount(labels).tolist() == [2, 2, 2]
+  with pytest.raises(ValueError, match="train\\[90"):
+    data._load_split(_config(folder), "train[90%:10%]")
