@@ -15,7 +15,9 @@ tap, and its own backward pass (a `jax.custom_vjp`) written the same way; the
 `matmul` pointwise path is one `dot_general`. On GPU/TPU the library
 convolutions are fast, so `auto` keeps them there.
 """
+import ctypes
 import functools
+import sys
 from typing import Callable, Sequence
 
 import jax
@@ -67,6 +69,29 @@ def pointwise_conv_fn(impl: str) -> ConvFn:
 
 def standard_conv_fn() -> ConvFn:
   return lax.conv_general_dilated
+
+
+def keep_freed_memory(arena_max: int = 0) -> bool:
+  """Makes glibc's malloc keep freed blocks for reuse instead of unmapping them.
+
+  XLA:CPU allocates each executable's outputs and temporaries anew on every
+  call; glibc serves blocks over 32 MB with fresh mmaps, and the page faults of
+  first touch then cost more than the arithmetic (x * 2 on a 51 MB array: 40 ms
+  instead of 5). With mmap off and no trimming, freed blocks are reused.
+  Process-wide; call it once at start-up. False where malloc is not glibc's.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+  ok = mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2**31 - 1) == 1
+  if arena_max:
+    ok = mallopt(m_arena_max, arena_max) == 1 and ok
+  return ok
 
 
 # ----------------------------------------------------------------------------
@@ -213,17 +238,49 @@ def _depthwise_input_grad(dy, kernel, strides, pads, in_h, in_w):
   return full.astype(dy.dtype)
 
 
+# Images summed per fused pass of the kernel gradient; more terms compile slower.
+_KERNEL_GRAD_IMAGES_PER_PASS = 8
+
+
 def _depthwise_kernel_grad(x, dy, kernel_shape, strides, pads):
-  """d loss/d kernel: per tap, the sum over batch and pixels of input tap * dy."""
+  """d loss/d kernel: per tap, the sum over batch and pixels of input tap * dy.
+
+  Summing a tap's products over the batch as explicit adds keeps the tap's
+  shifted slices inside one elementwise loop (XLA:CPU fuses slices there, but
+  copies them out before a library reduction), and reads the input once per
+  tap; the [H, W, C] partial sums then reduce cheaply. Large batches go
+  through a scan over groups of images, which also keeps the group in cache.
+  """
   kernel_h, kernel_w = kernel_shape[:2]
-  out_h, out_w = dy.shape[1:3]
+  batch, out_h, out_w, channels = dy.shape
   acc_dtype = _accumulation_dtype(x.dtype)
   padded = _pad_spatial(x, *pads)
-  dy_acc = dy.astype(acc_dtype)
-  sums = [jnp.sum(_tap(padded, i, j, out_h, out_w, strides).astype(acc_dtype) * dy_acc,
-                  axis=(0, 1, 2))
-          for i in range(kernel_h) for j in range(kernel_w)]
-  return jnp.stack(sums).reshape(kernel_shape)
+
+  def group_sums(padded, dy):
+    taps = []
+    for i in range(kernel_h):
+      for j in range(kernel_w):
+        window = _tap(padded, i, j, out_h, out_w, strides)
+        total = None
+        for image in range(padded.shape[0]):
+          term = window[image].astype(acc_dtype) * dy[image].astype(acc_dtype)
+          total = term if total is None else total + term
+        taps.append(total)
+    return jnp.sum(jnp.stack(taps), axis=(1, 2))
+
+  group = _largest_divisor_at_most(batch, _KERNEL_GRAD_IMAGES_PER_PASS)
+  if group == batch:
+    sums = group_sums(padded, dy)
+  else:
+    grouped = lambda a: a.reshape(batch // group, group, *a.shape[1:])
+    sums, _ = lax.scan(lambda total, args: (total + group_sums(*args), None),
+                       jnp.zeros((kernel_h * kernel_w, channels), acc_dtype),
+                       (grouped(padded), grouped(dy)))
+  return sums.reshape(kernel_shape)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -271,5 +328,38 @@ def matmul_pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     x = _pad_spatial(x, *pads)
   if strides != (1, 1):
     x = x[:, ::strides[0], ::strides[1], :]
-  return lax.dot_general(x, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=preferred_element_type)
+  if preferred_element_type is not None:
+    return lax.dot_general(x, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=preferred_element_type)
+  return _pixel_matmul(x, rhs[0, 0], precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pixel_matmul(x, kernel, precision):
+  """x [N, H, W, Cin] times kernel [Cin, Cout], as one [N*H*W, Cin] x [Cin, Cout] product."""
+  return lax.dot_general(x, kernel, (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _pixel_matmul_fwd(x, kernel, precision):
+  return _pixel_matmul(x, kernel, precision), (x, kernel)
+
+
+def _pixel_matmul_bwd(precision, residuals, dy):
+  """dx = dy kernel^T; dkernel = x^T dy with x^T materialised.
+
+  XLA:CPU hands a product whose left operand is contracted on its major
+  dimension to a slower Eigen kernel, and lays dy out transposed for it (a copy
+  of the larger array); transposing x explicitly (the barrier keeps XLA from
+  folding it back into the product) lets both products run in the library
+  matmul with dy in its natural layout.
+  """
+  x, kernel = residuals
+  in_channels, out_channels = kernel.shape
+  dx = lax.dot_general(dy, kernel, (((3,), (1,)), ((), ())), precision=precision)
+  x_t = lax.optimization_barrier(jnp.transpose(x.reshape(-1, in_channels)))
+  dkernel = lax.dot_general(x_t, dy.reshape(-1, out_channels), (((1,), (0,)), ((), ())),
+                            precision=precision)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
