@@ -74,7 +74,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name="sgd",               # sgd (Nesterov momentum) | rmsprop (TensorFlow's) | adamw
-      learning_rate=0.1,        # peak, for a global batch of 256; scaled linearly with the batch
+      learning_rate=0.4,        # peak, for a global batch of 256; scaled linearly with the batch
       scale_learning_rate_with_batch=True,
       schedule="warmup_cosine",  # warmup_cosine | exponential
       warmup_epochs=1.0,
