@@ -3,6 +3,7 @@
 Resumes from the latest checkpoint in the workdir; see README.md for the options.
 """
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
@@ -22,7 +23,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config, workdir = cli.prepare(FLAGS.config, FLAGS.workdir, for_training=True)
-  train_lib.train_and_evaluate(config, workdir)
+  result = train_lib.train_and_evaluate(config, workdir)
+  if "preempted_at" in result:
+    sys.exit(train_lib.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

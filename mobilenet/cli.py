@@ -1,6 +1,7 @@
 """What train.py and eval.py share: config checks before any compilation, the workdir, and
 one-line errors instead of tracebacks for the mistakes a user can fix."""
 import os
+import re
 import sys
 import tempfile
 
@@ -45,6 +46,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f"{', '.join(DATA_SOURCES)}; got {d.source!r}")
   if d.source == "folder":
     _require(os.path.isdir(d.folder), f"config.data.folder: no such directory: {d.folder}")
+  if d.source == "tfds":
+    _check_tfds_name(d.tfds_name, d.data_dir)
   devices, processes = jax.device_count(), jax.process_count()
   for field in ("global_batch_size", "eval_batch_size"):
     size = t[field]
@@ -63,19 +66,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f"got {o.ema_decay}")
 
 
+def _check_tfds_name(name: str, data_dir: str) -> None:
+  """tfds' own error for an unknown name lists every dataset it knows: hundreds of lines."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow; tfds runs only)
+  try:
+    tfds.builder(name, data_dir=data_dir or None)
+  except (ValueError, AssertionError) as error:  # unknown dataset, config or version
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(f"config.data.tfds_name={name!r}: {reason}") from None
+
+
 def default_workdir(config: ml_collections.ConfigDict) -> str:
   m = config.model
   return os.path.join("runs", f"{m.variant}_a{m.alpha:g}_r{config.data.resolution}_s{config.seed}")
 
 
 def check_writable(workdir: str) -> None:
-  """Fails now, not after an hour of training, when the workdir cannot be written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
-      pass
-  except OSError as error:
-    raise ValueError(f"workdir {workdir} is not writable: {error.strerror}") from None
+  """Fails now, not after an hour of training, when the workdir (or its checkpoints folder,
+  which may be another mount or owner) cannot be written."""
+  for directory in (workdir, os.path.join(workdir, checkpoints.SUBDIRECTORY)):
+    try:
+      os.makedirs(directory, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test"):
+        pass
+    except OSError as error:
+      where = "" if directory == workdir else f" ({directory})"
+      raise ValueError(f"workdir {workdir} is not writable{where}: {error.strerror}") from None
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | None, *,
@@ -93,7 +109,49 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None, *,
 # Errors a user can fix from the message alone: printed as one line, exit status 1
 # (set MOBILENET_TRACEBACK=1 to see where they came from).
 USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.IncompatibleCheckpoint,
-               train_lib.NonFiniteLoss)
+               checkpoints.CheckpointNotWritten, train_lib.NonFiniteLoss)
+
+
+def _missing_config_key(error: Exception) -> str | None:
+  """The field in ml_collections' KeyError for an unknown field (also inside an AttributeError)."""
+  while isinstance(error, AttributeError) and error.args and isinstance(error.args[0], KeyError):
+    error = error.args[0]
+  if not isinstance(error, KeyError) or not error.args:
+    return None
+  match = re.match(r"'([^']*)'", str(error.args[0]))
+  return match.group(1) if match else None
+
+
+def flag_error_message(error: Exception, argv: list[str]) -> str:
+  """One line for a flag that absl, ml_collections or a config file refused."""
+  missing = _missing_config_key(error)
+  if missing is not None:
+    suggestion = re.search(r'Did you mean "([^"]+)"', str(error))
+    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+    for arg in argv[1:]:
+      parts = arg.lstrip("-").split("=", 1)[0].split(".")
+      if len(parts) > 1 and missing in parts[1:]:
+        field = parts[:parts.index(missing, 1) + 1]
+        return f"--{'.'.join(field)}: {'.'.join(field[:-1])} has no field {missing!r}{hint}"
+  # A config file's own error arrives as a traceback inside the message: keep where and what.
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's parsing, but a refused flag or config file ends the program with one line."""
+  try:
+    remaining = flag_values(argv)
+    if "config" in flag_values and flag_values.config is not None:
+      flag_values.config.to_dict()  # a config file that failed to load raises when first read
+    return remaining
+  except Exception as error:  # pylint: disable=broad-except  (absl, ml_collections, config files)
+    if os.environ.get("MOBILENET_TRACEBACK"):
+      raise
+    print(f"error: {flag_error_message(error, argv)}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def run(main) -> None:
@@ -107,4 +165,4 @@ def run(main) -> None:
         raise
       print(f"error: {error}", file=sys.stderr, flush=True)
       sys.exit(1)
-  app.run(guarded)
+  app.run(guarded, flags_parser=parse_flags)

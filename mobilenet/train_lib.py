@@ -25,6 +25,7 @@ from mobilenet import checkpoints, costs, data, metrics, model, optim
 
 DATA_AXIS = "data"
 EVAL_RESULTS_FILE = "eval_results.json"
+STATE_IS_FINITE = "state_is_finite"  # a step metric that is checked, not logged
 
 
 @flax.struct.dataclass
@@ -105,8 +106,15 @@ def train_step(state: TrainState, batch, *, net: model.MobileNet, tx, label_smoo
       "loss": loss,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "grad_norm": optax.global_norm(grads),
+      # A finite loss can still come with an update that overflowed: such a state is never saved.
+      STATE_IS_FINITE: _all_finite(new_state),
   }
   return new_state, step_metrics
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+                            if jnp.issubdtype(leaf.dtype, jnp.inexact)]))
 
 
 def eval_step(state: TrainState, batch, *, net: model.MobileNet):
@@ -151,12 +159,13 @@ class Steps:
             for name, value in local_batch.items()}
 
 
-def evaluate(steps: Steps, state: TrainState, config) -> dict[str, float]:
+def evaluate(steps: Steps, state: TrainState, config, step: int | None = None) -> dict[str, float]:
   """Top-1, top-5 and loss over every validation example exactly once."""
   totals = None
   for local_batch in data.eval_batches(config.data,
                                        global_batch_size=config.train.eval_batch_size):
     sums = steps.eval(state, steps.global_batch(local_batch))
+    checkpoints.kill_if_injected("eval", step)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = int(totals["count"])
@@ -200,6 +209,11 @@ def write_eval_results(workdir: str, config, step: int, results: dict, **extra) 
 
 class NonFiniteLoss(RuntimeError):
   pass
+
+
+# train.py's exit status after a SIGTERM: the shell's for a process the signal ended, so that
+# neither `train.py && eval.py` nor a job scheduler takes the interrupted run for a finished one.
+EXIT_PREEMPTED = 128 + signal.SIGTERM
 
 
 class _Preemption:
@@ -251,6 +265,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch
   log_every = max(config.train.log_every_steps, 1)
 
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:  # another model's checkpoint is refused now, before anything is compiled
+    try:
+      checkpoints.check_compatible(checkpointer.saved_config(start_step), config.to_dict(),
+                                   workdir, for_training=True)
+    except checkpoints.IncompatibleCheckpoint:
+      checkpointer.close()
+      raise
+
   mesh = device_mesh()
   net = build_model(config)
   schedule = optim.learning_rate_schedule(config.optimizer, global_batch_size=global_batch,
@@ -263,11 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = create_train_state(config, net, tx, mesh)
   steps = Steps(config, net, tx, mesh)
 
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
   if start_step:
-    checkpoints.check_compatible(checkpointer.saved_config(start_step), config.to_dict(),
-                                 workdir, for_training=True)
     state = checkpointer.restore(state, start_step)
     metrics.console(f"Resumed from the checkpoint of step {start_step} in {workdir}")
   if jax.process_index() == 0:
@@ -299,12 +319,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), values in zip(pending, fetched):
-      if not np.isfinite(values["loss"]):
-        raise NonFiniteLoss(
-            f"the loss became {values['loss']} at step {step}; stopping. The last good checkpoint "
-            f"(step {checkpointer.latest_step()}) is kept in {checkpointer.directory}")
+      if not np.isfinite(values["loss"]) or not values[STATE_IS_FINITE]:
+        problem = (f"the loss became {values['loss']}" if not np.isfinite(values["loss"])
+                   else "the update made parameters or optimizer state non-finite")
+        last_good = checkpointer.latest_step()
+        kept = (f"the last good checkpoint (step {last_good}) is kept in {checkpointer.directory}"
+                if last_good else "no checkpoint was saved before it")
+        raise NonFiniteLoss(f"{problem} at step {step}; stopping: {kept}")
     elapsed = time.perf_counter() - last_checked
-    means = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0]}
+    means = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0]
+             if name != STATE_IS_FINITE}
     images_per_s = len(fetched) * global_batch / max(elapsed, 1e-9)
     means.update(learning_rate=float(schedule(now_step - 1)), images_per_s=images_per_s,
                  step_time_s=elapsed / len(fetched))
@@ -325,9 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _Preemption() as preemption:
       for step in range(start_step, total_steps):
         state, step_metrics = steps.train(state, steps.global_batch(next(batches)))
-        pending.append((step, step_metrics))
-        images_seen += global_batch
         done = step + 1
+        checkpoints.kill_if_injected("train", done)
+        pending.append((done, step_metrics))
+        images_seen += global_batch
         if done % log_every == 0 or done == total_steps:
           check_pending(done)
         if preemption.requested:
@@ -339,7 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % checkpoint_every == 0 and done != total_steps:
           save(done)
         if done % eval_every == 0 and done != total_steps:
-          eval_results = evaluate(steps, state, config)
+          check_pending(done)  # a diverged state is not worth evaluating
+          eval_results = evaluate(steps, state, config, done)
           writer.write(done, "eval", eval_results)
           metrics.console(f"eval at step {done}: top-1 {100 * eval_results['top1']:.2f}%  "
                           f"top-5 {100 * eval_results['top5']:.2f}%")
@@ -347,13 +373,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       final_step = max(total_steps, start_step)
       if start_step < total_steps:
         save(final_step)
-      eval_results = evaluate(steps, state, config)
+      eval_results = evaluate(steps, state, config, final_step)
       writer.write(final_step, "eval", eval_results)
       metrics.console(f"final eval at step {final_step}: top-1 {100 * eval_results['top1']:.2f}%  "
                       f"top-5 {100 * eval_results['top5']:.2f}%")
       extra = {"infer_images_per_s": measure_inference_speed(net, state, config)}
       if images_seen:
         extra.update(train_wall_s=train_seconds, train_images_per_s=images_seen / train_seconds)
+      checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
       return write_eval_results(workdir, config, final_step, eval_results, **extra)
   finally:
     checkpointer.close()
@@ -363,7 +390,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict:
   """Restores a checkpoint (the latest by default), evaluates it, writes eval_results.json."""
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                         read_only=True)
   try:
     if checkpointer.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with "
