@@ -9,7 +9,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from mobilenet import checkpoints, costs, model, ops, optim, train_lib
+from mobilenet import checkpoints, costs, data, model, ops, optim, train_lib
 
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("folder", "tfds")
@@ -109,7 +109,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None, *,
 # Errors a user can fix from the message alone: printed as one line, exit status 1
 # (set MOBILENET_TRACEBACK=1 to see where they came from).
 USER_ERRORS = (ValueError, FileNotFoundError, checkpoints.IncompatibleCheckpoint,
-               checkpoints.CheckpointNotWritten, train_lib.NonFiniteLoss)
+               checkpoints.CheckpointNotWritten, train_lib.NonFiniteLoss,
+               data.DataSourceUnavailableError)
 
 
 def _missing_config_key(error: Exception) -> str | None:

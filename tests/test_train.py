@@ -107,7 +107,7 @@ def _leaves(tree, prefix=""):
   elif isinstance(tree, (list, tuple)):
     for index, value in enumerate(tree):
       yield from _leaves(value, f"{prefix}/{index}")
-  else:
+  elif tree is not None:  # optax keeps None for masked-out state
     yield prefix, np.asarray(tree)
 
 
