@@ -40,8 +40,8 @@ flags.DEFINE_bool("torch", False, "Also run the same architecture in PyTorch (CP
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
                   "default: config.model.variant. Other fields come from the config.")
-flags.DEFINE_bool("keep_freed_memory", True, "Stop glibc from returning freed buffers to the OS "
-                  "(see ops.keep_freed_memory); --nokeep_freed_memory measures without.")
+flags.DEFINE_bool("reuse_memory", True, "Restart under glibc malloc settings that reuse freed "
+                  "buffers (ops.restart_with_reused_memory); --noreuse_memory measures without.")
 FLAGS = flags.FLAGS
 
 OPS_SHAPE = (56, 56, 128)  # the issue's per-op shape: batch x 56 x 56 x 128
@@ -51,13 +51,21 @@ OPS_SHAPE = (56, 56, 128)  # the issue's per-op shape: batch x 56 x 56 x 128
 # Timing.
 
 
-def _timed_calls(fn: Callable[[], Any], count: int) -> list[float]:
-  """Seconds per call of fn (which must block until its result is ready)."""
+def _timed_calls(fn: Callable[[], Any], count: int, cpu_seconds: list | None = None) -> list[float]:
+  """Wall seconds per call of fn (which must block until its result is ready).
+
+  With cpu_seconds, also appends the process CPU time of each call: less
+  sensitive than wall time to other jobs on a shared machine (both frameworks'
+  idle threads may spin, which counts).
+  """
   seconds = []
   for _ in range(count):
+    cpu_start = time.process_time()
     start = time.perf_counter()
     fn()
     seconds.append(time.perf_counter() - start)
+    if cpu_seconds is not None:
+      cpu_seconds.append(time.process_time() - cpu_start)
   return seconds
 
 
@@ -318,9 +326,10 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], batch: int,
     _timed_calls(runner.predict, warmup)
   train_seconds = {key: [] for key in runners}
   infer_seconds = {key: [] for key in runners}
+  train_cpu = {key: [] for key in runners}
   for _ in range(rounds):
     for key, runner in runners.items():
-      train_seconds[key] += _timed_calls(runner.train, steps)
+      train_seconds[key] += _timed_calls(runner.train, steps, train_cpu[key])
     for key, runner in runners.items():
       infer_seconds[key] += _timed_calls(runner.predict, steps)
 
@@ -335,10 +344,12 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], batch: int,
         "infer_compile_s": jax_model.infer_compile_s,
         "train_step_ms": {"median": 1e3 * statistics.median(train), "min": 1e3 * min(train),
                           "max": 1e3 * max(train)},
+        "train_step_cpu_ms": 1e3 * statistics.median(train_cpu[variant, "jax"]),
     }
     if with_torch:
       result["torch_train_images_per_s"] = _median_rate(train_seconds[variant, "torch"], batch)
       result["torch_infer_images_per_s"] = _median_rate(infer_seconds[variant, "torch"], batch)
+      result["torch_train_step_cpu_ms"] = 1e3 * statistics.median(train_cpu[variant, "torch"])
       result["jax_over_torch_train"] = (result["train_images_per_s"]
                                         / result["torch_train_images_per_s"])
       result["jax_over_torch_infer"] = (result["infer_images_per_s"]
@@ -375,8 +386,6 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   check_config(config, variants)
   if FLAGS.torch:
     _import_torch()
-  if FLAGS.keep_freed_memory:
-    ops.keep_freed_memory()
   threads = _cores()
   report = {
       "device": _device_description(),
@@ -390,7 +399,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "dtype": config.model.dtype,
       "depthwise_impl": ops.resolve_depthwise_impl(config.model.depthwise_impl),
       "pointwise_impl": ops.resolve_pointwise_impl(config.model.pointwise_impl),
-      "keep_freed_memory": FLAGS.keep_freed_memory,
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if FLAGS.torch:
@@ -417,18 +426,19 @@ def _print_text(report: dict[str, Any]) -> None:
         f"{report['load_average_end']}")
   print(f"model: alpha={report['alpha']} {report['resolution']} px, batch {report['batch']}, "
         f"{report['dtype']}, depthwise={report['depthwise_impl']}, "
-        f"pointwise={report['pointwise_impl']}, keep_freed_memory={report['keep_freed_memory']}"
+        f"pointwise={report['pointwise_impl']}"
+        + (f", GLIBC_TUNABLES={report['glibc_tunables']}" if report["glibc_tunables"] else "")
         + (f", XLA_FLAGS={report['xla_flags']}" if report["xla_flags"] else ""))
   results = report.get("variants", {report["variant"]: report})
   for variant, r in results.items():
     step = r["train_step_ms"]
     print(f"{variant:8s} jax   train {r['train_images_per_s']:8.1f} img/s  "
           f"infer {r['infer_images_per_s']:8.1f} img/s  (step median {step['median']:.1f} ms, "
-          f"min {step['min']:.1f}; compile {r['compile_s']:.1f} s train, "
+          f"min {step['min']:.1f}, CPU {r['train_step_cpu_ms']:.0f} ms; compile {r['compile_s']:.1f} s train, "
           f"{r['infer_compile_s']:.1f} s infer)")
     if "torch_train_images_per_s" in r:
       print(f"{variant:8s} torch train {r['torch_train_images_per_s']:8.1f} img/s  "
-            f"infer {r['torch_infer_images_per_s']:8.1f} img/s")
+            f"infer {r['torch_infer_images_per_s']:8.1f} img/s  (step CPU {r['torch_train_step_cpu_ms']:.0f} ms)")
       print(f"{variant:8s} jax/torch: train {r['jax_over_torch_train']:.2f}x  "
             f"infer {r['jax_over_torch_infer']:.2f}x")
   if "dws" in results and "conv" in results:
@@ -453,6 +463,8 @@ def _print_text(report: dict[str, Any]) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.reuse_memory:
+    ops.restart_with_reused_memory()
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:

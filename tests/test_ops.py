@@ -83,6 +83,20 @@ def test_shifted_depthwise_mixed_strides_and_jit():
     _assert_close(a, e, name)
 
 
+def test_shifted_depthwise_kernel_grad_over_groups_of_images(monkeypatch):
+  """Batches larger than one fused loop are summed as several groups of images."""
+  monkeypatch.setattr(ops, "_KERNEL_GRAD_IMAGES_PER_LOOP", 2)
+  x = _random((6, 7, 8, 5), seed=14)
+  kernel = _random((3, 3, 1, 5), seed=15)
+  for stride in (1, 2):
+    args = dict(strides=(stride, stride), padding="SAME")
+    cotangent = _random(_grouped(x, kernel, **args).shape, seed=16)
+    expected, actual = jax.jit(lambda x, k: (
+        _value_and_grads(_grouped, x, k, cotangent, **args),
+        _value_and_grads(_shifted, x, k, cotangent, **args)))(x, kernel)
+    _assert_close(actual[1][1], expected[1][1], f"d kernel, stride {stride}")
+
+
 def test_shifted_depthwise_bfloat16_accumulates_in_float32():
   x = _random((2, 8, 8, 16), seed=6)
   kernel = _random((3, 3, 1, 16), seed=7)
@@ -141,39 +155,63 @@ def test_unknown_impl_names_the_field(field, call):
     call()
 
 
+def _model_logits_and_grads(impls, dtype):
+  """For each (depthwise, pointwise) impl: eval and train logits, eval- and train-mode grads."""
+  batch, resolution = 4, 40
+  images = _random((batch, resolution, resolution, 3), seed=13).astype(dtype)
+  labels = jnp.arange(batch) % 5
+  make = lambda dw, pw: model.MobileNet(num_classes=5, alpha=0.25, depthwise_impl=dw,
+                                        pointwise_impl=pw, dtype=dtype)
+  variables = jax.jit(make("grouped", "conv").init)(jax.random.key(0), images)
+
+  def logits_and_grads(net, variables, images):
+    def loss(params, train):
+      logits = net.apply({**variables, "params": params}, images, train=train,
+                         rngs={"dropout": jax.random.key(1)},
+                         mutable=["batch_stats"] if train else False)
+      logits = logits[0] if train else logits
+      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(batch), labels]), logits
+    grad = jax.value_and_grad(loss, has_aux=True)
+    (_, eval_logits), eval_grads = grad(variables["params"], False)
+    (_, train_logits), train_grads = grad(variables["params"], True)
+    return eval_logits, train_logits, eval_grads, train_grads
+
+  # Arrays go in as arguments: closed over, they would be constants that XLA folds at length.
+  return jax.jit(lambda v, x: [logits_and_grads(make(dw, pw), v, x) for dw, pw in impls])(
+      variables, images)
+
+
+# `auto` is what training uses (shifted + matmul on CPU); matmul also alone, which with `auto`
+# pins down shifted too.
+MODEL_IMPLS = [("grouped", "conv"), ("auto", "auto"), ("grouped", "matmul")]
+
+
+def _assert_grads_close(grads, reference, name, tolerance):
+  for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(reference)):
+    _assert_close(a, e, f"{name} {jax.tree_util.keystr(path)}", tolerance)
+
+
 def test_model_impls_share_params_logits_and_grads():
   """A checkpoint trained with one implementation evaluates (and trains) the same with another.
 
-  Logits match to float32 rounding. Gradients flow back through 27
-  training-mode BatchNorms, each dividing by a batch spread taken over as few
-  as 16 values (40 px: 20, 10, 5, 3, 2 px, odd sizes at stride 2 included),
-  which amplifies rounding: here the float32 reference itself is ~1e-3 off
-  float64, so the gradients are held to 1e-3 of each leaf's largest value; a
-  misplaced tap or pad would be off by O(1).
+  In float32, logits and the gradients through inference-mode BatchNorm match to rounding.
   """
-  batch, resolution = 4, 40
-  images = _random((batch, resolution, resolution, 3), seed=13)
-  labels = jnp.arange(batch) % 5
-  make = lambda dw, pw: model.MobileNet(num_classes=5, alpha=0.25, depthwise_impl=dw,
-                                        pointwise_impl=pw)
-  variables = make("grouped", "conv").init(jax.random.key(0), images)
+  expected, *others = _model_logits_and_grads(MODEL_IMPLS, jnp.float32)
+  for (dw, pw), actual in zip(MODEL_IMPLS[1:], others):
+    _assert_close(actual[0], expected[0], f"{dw}/{pw} eval logits")
+    _assert_close(actual[1], expected[1], f"{dw}/{pw} train logits")
+    _assert_grads_close(actual[2], expected[2], f"{dw}/{pw} eval-mode grad", 1e-4)
 
-  def logits_and_grads(net):
-    def loss(params):
-      logits, _ = net.apply({**variables, "params": params}, images, train=True,
-                            rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
-      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(batch), labels]), logits
-    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-    return net.apply(variables, images), logits, grads
 
-  impls = [("grouped", "conv"), ("shifted", "matmul"), ("shifted", "conv"), ("grouped", "matmul")]
-  results = jax.jit(lambda: [logits_and_grads(make(dw, pw)) for dw, pw in impls])()
-  expected = results[0]
-  for (dw, pw), (eval_logits, train_logits, grads) in zip(impls[1:], results[1:]):
-    _assert_close(eval_logits, expected[0], f"{dw}/{pw} eval logits")
-    _assert_close(train_logits, expected[1], f"{dw}/{pw} train logits")
-    for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(expected[2])):
-      _assert_close(a, e, f"{dw}/{pw} grad {jax.tree_util.keystr(path)}", tolerance=1e-3)
+def test_model_impls_share_training_mode_grads_in_float64():
+  """Training-mode BatchNorm divides by batch spreads over as few as 16 values here (40 px: 20,
+  10, 5, 3, 2 px, odd sizes at stride 2 included), which amplifies float32 rounding through 27
+  layers by ~1e3 (the float32 grouped reference is itself ~1e-3 off float64). In float64 the
+  same comparison is tight; a misplaced tap or pad would be off by O(1)."""
+  with jax.enable_x64(True):
+    expected, *others = _model_logits_and_grads(MODEL_IMPLS, jnp.float64)
+  for (dw, pw), actual in zip(MODEL_IMPLS[1:], others):
+    _assert_grads_close(actual[3], expected[3], f"{dw}/{pw} train-mode grad", 1e-8)
 
 
 def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():

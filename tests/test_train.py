@@ -132,6 +132,10 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
       steps = train_lib.Steps(config, net, tx, mesh)
       global_batch = steps.global_batch(batch)
       assert len(global_batch["image"].sharding.device_set) == len(devices)
+      # Data parallel needs all-reduces only; moving slices of the batch between devices
+      # (collective-permutes) is slow and could deadlock XLA:CPU's in-process collectives.
+      compiled = steps.train.lower(state, global_batch).compile().as_text()
+      assert "collective-permute" not in compiled, "the batch is resharded inside the step"
       losses = []
       for _ in range(3):
         state, metrics = steps.train(state, global_batch)
@@ -162,14 +166,18 @@ def _free_port():
     return sock.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug: after 4 steps the SGD momentum of early BatchNorm biases differs between 2x2 and "
-    "1x4 devices by up to 0.17 (of ~9) while params and eval loss agree; under investigation"))
 def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
   """Two processes with two CPU devices each, over jax.distributed on loopback, against one
-  process with four devices: same global batches, so the same final model."""
-  overrides = {"optimizer.learning_rate": 0.002, "model.dropout_rate": 0.0,
-               "train.eval_batch_size": 4}
+  process with four devices: same global batches, so the same final model.
+
+  Only the order of float sums differs, and this tiny net (32 px, 1x1 maps at the end,
+  gradient norm ~270) amplifies that noise: at lr 0.002 over 4 steps, 1x2 against 1x4 devices
+  already differ by 5% in gradient norm. One batch of 16 at a small constant rate keeps the
+  comparison to what multi-process could break: the data each process reads and the reductions.
+  """
+  overrides = {"train.global_batch_size": 16, "optimizer.learning_rate": 1e-4,
+               "optimizer.warmup_epochs": 0,
+               "model.dropout_rate": 0.0, "train.eval_batch_size": 4}
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
   _run("train.py", *_train_flags(tiny_image_folder, tmp_path / "single", **overrides), env=env)
 
@@ -192,7 +200,7 @@ def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
 
   single = json.loads((tmp_path / "single" / "eval_results.json").read_text())
   multi = json.loads((tmp_path / "multi" / "eval_results.json").read_text())
-  assert single["step"] == multi["step"] == 4
+  assert single["step"] == multi["step"] == 2
   assert multi["num_examples"] == single["num_examples"] == 9
   assert multi["loss"] == pytest.approx(single["loss"], rel=1e-3)
   _, state_single = _final_state(tmp_path / "single")
