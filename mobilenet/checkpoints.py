@@ -4,6 +4,7 @@ import contextlib
 import os
 import signal
 
+from absl import logging
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -72,6 +73,7 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), SUBDIRECTORY)
     self._steps_being_saved = collections.deque()
+    self._closed = False
     # read_only (eval.py): create nothing, delete nothing; a training run may be writing there.
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -128,8 +130,21 @@ class Checkpointer:
     with self._write_errors():
       self.manager.wait_until_finished()
 
-  def close(self) -> None:
+  def close(self, *, quietly: bool = False) -> None:
+    """Waits for the last save and stops orbax's threads; later calls do nothing.
+
+    quietly: while another error is on its way out, whose message is the one to show
+    (after a failed write, orbax's own shutdown may fail with "Event loop is closed").
+    """
+    if self._closed:
+      return
+    self._closed = True
     try:
-      self.wait()
-    finally:
-      self.manager.close()
+      try:
+        self.wait()
+      finally:
+        self.manager.close()
+    except Exception as error:  # pylint: disable=broad-except
+      if not quietly:
+        raise
+      logging.warning("closing the checkpoint manager after an error: %r", error)

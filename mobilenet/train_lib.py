@@ -382,6 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         extra.update(train_wall_s=train_seconds, train_images_per_s=images_seen / train_seconds)
       checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
       return write_eval_results(workdir, config, final_step, eval_results, **extra)
+  except BaseException:
+    checkpointer.close(quietly=True)
+    raise
   finally:
     checkpointer.close()
     writer.close()
