@@ -27,7 +27,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import model, ops
+from mobilenet import host_memory, model, ops
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -41,7 +41,7 @@ flags.DEFINE_bool("json", False, "Print one JSON object instead of the text repo
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
                   "default: config.model.variant. Other fields come from the config.")
 flags.DEFINE_bool("reuse_memory", True, "Restart under glibc malloc settings that reuse freed "
-                  "buffers (ops.restart_with_reused_memory); --noreuse_memory measures without.")
+                  "buffers (mobilenet.host_memory, as train.py does); --noreuse_memory measures without.")
 FLAGS = flags.FLAGS
 
 OPS_SHAPE = (56, 56, 128)  # the issue's per-op shape: batch x 56 x 56 x 128
@@ -464,7 +464,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.reuse_memory:
-    ops.restart_with_reused_memory()
+    host_memory.restart_with_reused_memory()
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:

@@ -16,8 +16,6 @@ tap, and its own backward pass (a `jax.custom_vjp`) written the same way; the
 convolutions are fast, so `auto` keeps them there.
 """
 import functools
-import os
-import sys
 from typing import Callable
 
 import jax
@@ -69,31 +67,6 @@ def pointwise_conv_fn(impl: str) -> ConvFn:
 
 def standard_conv_fn() -> ConvFn:
   return lax.conv_general_dilated
-
-
-# glibc malloc settings under which XLA:CPU reuses freed buffers: one arena, no
-# per-block mmaps, no trimming.
-REUSE_MEMORY_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                         "glibc.malloc.trim_threshold=68719476736")
-
-
-def restart_with_reused_memory() -> None:
-  """Re-executes this Python process with REUSE_MEMORY_TUNABLES, once.
-
-  XLA:CPU allocates each executable's temporaries (1.2 GB for a MobileNet
-  training step at batch 32) and outputs anew on every call, from its worker
-  threads; glibc serves such blocks with fresh mmaps and the kernel then
-  faults in and zeroes every page (300k page faults, ~0.8 s of system time
-  per step). Tunables are read at start-up only, hence the re-exec. A no-op
-  where GLIBC_TUNABLES is already set (by the user or by the restart) or off
-  Linux.
-  """
-  if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
-    return
-  os.environ["GLIBC_TUNABLES"] = REUSE_MEMORY_TUNABLES
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 # ----------------------------------------------------------------------------
