@@ -27,7 +27,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import host_memory, model, ops
+from mobilenet import host_memory, model, ops, train_lib
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -113,14 +113,6 @@ def _device_description() -> str:
 
 # ----------------------------------------------------------------------------
 # JAX.
-
-
-def build_model(config: ml_collections.ConfigDict, variant: str) -> model.MobileNet:
-  m = config.model
-  return model.MobileNet(
-      num_classes=m.num_classes, variant=variant, alpha=m.alpha, dropout_rate=m.dropout_rate,
-      dtype=jnp.dtype(m.dtype), depthwise_impl=m.depthwise_impl,
-      pointwise_impl=m.pointwise_impl, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon)
 
 
 class JaxModel:
@@ -250,6 +242,7 @@ def _jax_op_timings(batch: int, dtype) -> dict[str, float]:
   depthwise_kernel = jnp.asarray(rng.standard_normal((3, 3, 1, channels), np.float32), dtype)
   pointwise_kernel = jnp.asarray(rng.standard_normal((1, 1, channels, channels), np.float32),
                                  dtype)
+  standard_kernel = jnp.asarray(rng.standard_normal((3, 3, channels, channels), np.float32), dtype)
   numbers = ("NHWC", "HWIO", "NHWC")
   timings = {}
   cases = [("depthwise_s1", "grouped", ops.depthwise_conv_fn("grouped"), depthwise_kernel, 1),
@@ -257,7 +250,9 @@ def _jax_op_timings(batch: int, dtype) -> dict[str, float]:
            ("depthwise_s2", "grouped", ops.depthwise_conv_fn("grouped"), depthwise_kernel, 2),
            ("depthwise_s2", "shifted", ops.depthwise_conv_fn("shifted"), depthwise_kernel, 2),
            ("pointwise", "conv", ops.pointwise_conv_fn("conv"), pointwise_kernel, 1),
-           ("pointwise", "matmul", ops.pointwise_conv_fn("matmul"), pointwise_kernel, 1)]
+           ("pointwise", "matmul", ops.pointwise_conv_fn("matmul"), pointwise_kernel, 1),
+           ("standard_s1", "conv", ops.standard_conv_fn("conv"), standard_kernel, 1),
+           ("standard_s1", "matmul_grad", ops.standard_conv_fn("matmul_grad"), standard_kernel, 1)]
   for op, impl, conv, kernel, stride in cases:
     groups = channels if op.startswith("depthwise") else 1
     apply = lambda x, k, conv=conv, stride=stride, groups=groups: conv(
@@ -283,7 +278,8 @@ def _torch_op_timings(batch: int, threads: int, bfloat16: bool) -> dict[str, flo
               else contextlib.nullcontext())
   timings = {}
   for op, groups, size, stride in [("depthwise_s1", channels, 3, 1),
-                                   ("depthwise_s2", channels, 3, 2), ("pointwise", 1, 1, 1)]:
+                                   ("depthwise_s2", channels, 3, 2), ("pointwise", 1, 1, 1),
+                                   ("standard_s1", 1, 3, 1)]:
     conv = torch.nn.Conv2d(channels, channels, size, stride, padding=size // 2, groups=groups,
                            bias=False).to(memory_format=torch.channels_last)
 
@@ -316,7 +312,7 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], batch: int,
   """Images/s per variant (and framework), from alternating rounds of timed steps."""
   runners = {}
   for variant in variants:
-    jax_model = JaxModel(build_model(config, variant), batch, resolution, config.seed)
+    jax_model = JaxModel(train_lib.build_model(config, variant), batch, resolution, config.seed)
     runners[variant, "jax"] = jax_model
     if with_torch:
       runners[variant, "torch"] = TorchModel(config, variant, batch, resolution, threads,
@@ -368,7 +364,8 @@ def check_config(config: ml_collections.ConfigDict, variants: list[str]) -> None
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype must be float32 or bfloat16; got {config.model.dtype!r}")
   for field, resolve in (("depthwise_impl", ops.resolve_depthwise_impl),
-                         ("pointwise_impl", ops.resolve_pointwise_impl)):
+                         ("pointwise_impl", ops.resolve_pointwise_impl),
+                         ("standard_impl", ops.resolve_standard_impl)):
     try:
       resolve(config.model[field])
     except ValueError as error:
@@ -399,6 +396,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "dtype": config.model.dtype,
       "depthwise_impl": ops.resolve_depthwise_impl(config.model.depthwise_impl),
       "pointwise_impl": ops.resolve_pointwise_impl(config.model.pointwise_impl),
+      "standard_impl": ops.resolve_standard_impl(config.model.standard_impl),
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
@@ -426,7 +424,7 @@ def _print_text(report: dict[str, Any]) -> None:
         f"{report['load_average_end']}")
   print(f"model: alpha={report['alpha']} {report['resolution']} px, batch {report['batch']}, "
         f"{report['dtype']}, depthwise={report['depthwise_impl']}, "
-        f"pointwise={report['pointwise_impl']}"
+        f"pointwise={report['pointwise_impl']}, standard={report['standard_impl']}"
         + (f", GLIBC_TUNABLES={report['glibc_tunables']}" if report["glibc_tunables"] else "")
         + (f", XLA_FLAGS={report['xla_flags']}" if report["xla_flags"] else ""))
   results = report.get("variants", {report["variant"]: report})
@@ -451,9 +449,9 @@ def _print_text(report: dict[str, Any]) -> None:
   if "ops" in report:
     timings = report["ops"]
     print(f"ops at {'x'.join(map(str, report['ops_shape']))}, ms fwd / fwd+bwd:")
-    for op in ("depthwise_s1", "depthwise_s2", "pointwise"):
+    for op in ("depthwise_s1", "depthwise_s2", "pointwise", "standard_s1"):
       parts = []
-      for impl in ("grouped", "shifted", "conv", "matmul", "torch"):
+      for impl in ("grouped", "shifted", "conv", "matmul", "matmul_grad", "torch"):
         if f"{op}_{impl}_fwd_ms" in timings:
           parts.append(f"{impl} {timings[f'{op}_{impl}_fwd_ms']:.1f} / "
                        f"{timings[f'{op}_{impl}_fwd_bwd_ms']:.1f}")

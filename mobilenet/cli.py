@@ -36,6 +36,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f"{', '.join(ops.DEPTHWISE_IMPLS)}; got {m.depthwise_impl!r}")
   _require(m.pointwise_impl in ops.POINTWISE_IMPLS, "config.model.pointwise_impl must be one of "
            f"{', '.join(ops.POINTWISE_IMPLS)}; got {m.pointwise_impl!r}")
+  _require(m.standard_impl in ops.STANDARD_IMPLS, "config.model.standard_impl must be one of "
+           f"{', '.join(ops.STANDARD_IMPLS)}; got {m.standard_impl!r}")
   _require(0 <= m.dropout_rate < 1, f"config.model.dropout_rate must be in [0, 1); "
            f"got {m.dropout_rate}")
   try:

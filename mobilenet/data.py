@@ -20,7 +20,6 @@ import os
 import pathlib
 import re
 import socket
-import sys
 import time
 import urllib.parse
 from typing import Callable, Iterator, Optional

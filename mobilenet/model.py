@@ -111,6 +111,7 @@ class ConvBN(nn.Module):
   dtype: Any = jnp.float32
   depthwise_impl: str = "auto"
   pointwise_impl: str = "auto"
+  standard_impl: str = "auto"
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
 
@@ -122,7 +123,7 @@ class ConvBN(nn.Module):
     elif layer.kind == CONV_1X1:
       conv_fn = ops.pointwise_conv_fn(self.pointwise_impl)
     else:
-      conv_fn = ops.standard_conv_fn()
+      conv_fn = ops.standard_conv_fn(self.standard_impl)
     x = nn.Conv(
         layer.out_channels,
         (layer.kernel_size, layer.kernel_size),
@@ -153,6 +154,7 @@ class MobileNet(nn.Module):
   dtype: Any = jnp.float32
   depthwise_impl: str = "auto"
   pointwise_impl: str = "auto"
+  standard_impl: str = "auto"
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
 
@@ -166,7 +168,8 @@ class MobileNet(nn.Module):
     *convs, classifier = self.layers
     for layer in convs:
       x = ConvBN(layer, dtype=self.dtype, depthwise_impl=self.depthwise_impl,
-                 pointwise_impl=self.pointwise_impl, bn_momentum=self.bn_momentum,
+                 pointwise_impl=self.pointwise_impl, standard_impl=self.standard_impl,
+                 bn_momentum=self.bn_momentum,
                  bn_epsilon=self.bn_epsilon, name=layer.name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

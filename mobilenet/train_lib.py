@@ -37,12 +37,14 @@ class TrainState:
   ema_params: Any  # equals params when config.optimizer.ema_decay == 0
 
 
-def build_model(config: ml_collections.ConfigDict) -> model.MobileNet:
+def build_model(config: ml_collections.ConfigDict, variant: str | None = None) -> model.MobileNet:
+  """The model of config.model (with another variant, for side-by-side benchmarks)."""
   m = config.model
   return model.MobileNet(
-      num_classes=m.num_classes, variant=m.variant, alpha=m.alpha, dropout_rate=m.dropout_rate,
-      dtype=jnp.dtype(m.dtype), depthwise_impl=m.depthwise_impl,
-      pointwise_impl=m.pointwise_impl, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon)
+      num_classes=m.num_classes, variant=variant or m.variant, alpha=m.alpha,
+      dropout_rate=m.dropout_rate, dtype=jnp.dtype(m.dtype), depthwise_impl=m.depthwise_impl,
+      pointwise_impl=m.pointwise_impl, standard_impl=m.standard_impl,
+      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon)
 
 
 def device_mesh(devices=None) -> Mesh:
