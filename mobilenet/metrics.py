@@ -30,6 +30,10 @@ class MetricWriter:
       self._tensorboard.scalar(f"{kind}/{name}", float(value), int(step))
     self._tensorboard.flush()
 
+  def flush(self) -> None:
+    if self.enabled:
+      self._jsonl.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
@@ -46,3 +50,25 @@ def format_duration(seconds: float) -> str:
   hours, rest = divmod(seconds, 3600)
   minutes, seconds = divmod(rest, 60)
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def training_seconds(workdir: str) -> float:
+  """Seconds spent in training steps over every session of a run, from its metrics.jsonl.
+
+  Each train record holds the mean step time over the steps since the one before.
+  Steps that a restart redid (from a checkpoint older than the last record) count
+  once, with their last timing. Evaluation and start-up between sessions are not
+  included; the first steps of a session include compilation.
+  """
+  seconds_by_step, previous = {}, 0
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as lines:
+    for line in lines:
+      record = json.loads(line)
+      if record.get("kind") != "train":
+        continue
+      step = record["step"]
+      # Records before "steps" was logged: the gap to the previous one, if it is one.
+      steps = record.get("steps") or (step - previous if step > previous else 0)
+      seconds_by_step[step] = steps * record["step_time_s"]
+      previous = step
+  return sum(seconds_by_step.values())

@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              if name != STATE_IS_FINITE}
     images_per_s = len(fetched) * global_batch / max(elapsed, 1e-9)
     means.update(learning_rate=float(schedule(now_step - 1)), images_per_s=images_per_s,
-                 step_time_s=elapsed / len(fetched))
+                 step_time_s=elapsed / len(fetched), steps=len(fetched))
     writer.write(now_step, "train", means)
     remaining = (total_steps - now_step) * means["step_time_s"]
     metrics.console(
@@ -368,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % eval_every == 0 and done != total_steps:
           check_pending(done)  # a diverged state is not worth evaluating
           eval_results = evaluate(steps, state, config, done)
+          last_checked = time.perf_counter()  # step times exclude evaluation
           writer.write(done, "eval", eval_results)
           metrics.console(f"eval at step {done}: top-1 {100 * eval_results['top1']:.2f}%  "
                           f"top-5 {100 * eval_results['top5']:.2f}%")
@@ -381,7 +382,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       f"top-5 {100 * eval_results['top5']:.2f}%")
       extra = {"infer_images_per_s": measure_inference_speed(net, state, config)}
       if images_seen:
-        extra.update(train_wall_s=train_seconds, train_images_per_s=images_seen / train_seconds)
+        extra.update(session_train_wall_s=train_seconds,
+                     session_train_images_per_s=images_seen / train_seconds)
+      if jax.process_index() == 0:  # over every session of the run; the log is process 0's
+        writer.flush()
+        train_seconds_all = metrics.training_seconds(workdir)
+        extra.update(train_wall_s=train_seconds_all,
+                     train_images_per_s=final_step * global_batch / train_seconds_all)
       checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
       return write_eval_results(workdir, config, final_step, eval_results, **extra)
   except BaseException:

@@ -62,6 +62,10 @@ def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tm
   second = _run("train.py", *_train_flags(tiny_image_folder, workdir, epochs=2))
   assert "Resumed from the checkpoint of step 2" in second.stdout
   assert "final eval at step 4" in second.stdout
+  trained = json.loads((workdir / "eval_results.json").read_text())
+  # Time and speed cover both sessions: 4 steps of 8 images.
+  assert trained["train_images_per_s"] == pytest.approx(4 * 8 / trained["train_wall_s"])
+  assert trained["session_train_wall_s"] > 0
 
   (workdir / "eval_results.json").unlink()
   _run("eval.py", f"--config=configs/dws.py:{TINY}", f"--workdir={workdir}",
