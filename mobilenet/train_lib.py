@@ -197,7 +197,7 @@ def write_eval_results(workdir: str, config, step: int, results: dict, **extra) 
       "num_examples": results["count"],
       "params": cost.params, "mult_adds": cost.mult_adds,
       "variant": config.model.variant, "alpha": config.model.alpha,
-      "resolution": config.data.resolution,
+      "resolution": config.data.resolution, "eval_split": config.data.eval_split,
       "dataset": (config.data.tfds_name.split("/")[0] if config.data.source == "tfds"
                   else os.path.basename(os.path.normpath(config.data.folder))),
       "step": int(step), "seed": config.seed, "device": device_description(),
