@@ -22,6 +22,8 @@ import statistics
 import sys
 from typing import Any, Iterable, Optional, Sequence
 
+from mobilenet.metrics import format_duration
+
 RESULTS_FILENAME = "eval_results.json"
 MARKDOWN_FILENAME = "results.md"
 JSON_FILENAME = "results.json"
@@ -322,14 +324,18 @@ def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
 
 def runs_table(rows: Sequence[ModelRow]) -> list[str]:
   header = ["Model", "Run", "Seed", "Step", "Top-1", "Top-5", "Million Mult-Adds",
-            "Million Parameters", "Images/s", "Device"]
+            "Million Parameters", "Images/s", "Train images/s", "Train time", "Device"]
   cells = []
   for row in rows:
     for run in row.runs:
       cells.append([row.name, run.run_name, "—" if run.seed is None else str(run.seed),
                     str(run.step), f"{100 * run.top1:.1f}%", f"{100 * run.top5:.1f}%",
                     f"{run.mult_adds / 1e6:.0f}", f"{run.params / 1e6:.1f}",
-                    format_images_per_s(run.infer_images_per_s), run.device])
+                    format_images_per_s(run.infer_images_per_s),
+                    "—" if run.train_images_per_s is None
+                    else format_images_per_s(run.train_images_per_s),
+                    "—" if run.train_wall_s is None else format_duration(run.train_wall_s),
+                    run.device])
   return markdown_table(header, cells, text_columns=("Model", "Run", "Device"))
 
 
@@ -339,7 +345,8 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
       "Accuracy is top-1 on the evaluation split. Where a model has several runs, the row "
       "shows their mean ± half the range, (max − min) / 2, in percentage points, so that "
       "mean ± spread covers every run; all runs are listed below.",
-      "Images/s is the measured inference throughput (mean over runs) on "
+      "Images/s is the measured inference throughput (mean over runs); train images/s and "
+      "time are the run's training steps, every session added up, evaluation excluded; on "
       + (devices[0] if len(devices) == 1 else "several devices: " + "; ".join(devices)) + ".",
   ]
   if with_paper:

@@ -25,7 +25,8 @@ def sweep(tmp_path_factory) -> pathlib.Path:
   """Two seeds of one model and four other models, as several runs of the project would leave."""
   runs = tmp_path_factory.mktemp("runs")
   write_run(runs / "dws_seed0", seed=0, top1=0.853)
-  write_run(runs / "dws_seed1", seed=1, top1=0.861, infer_images_per_s=800.0)
+  write_run(runs / "dws_seed1", seed=1, top1=0.861, infer_images_per_s=800.0,
+            train_wall_s=3725.0, train_images_per_s=25.43)
   write_run(runs / "half", alpha=0.5, top1=0.792, params=870_000, mult_adds=48_700_000)
   write_run(runs / "low_res", resolution=96, top1=0.8249, mult_adds=104_600_000)
   write_run(runs / "conv", variant="conv", top1=0.874, params=28_150_000,
@@ -90,6 +91,13 @@ def test_all_runs_table_keeps_every_seed_and_the_run_name(paper_report):
   seeds = [(row[1], row[2], row[4]) for row in runs if row[0] == "1.0 MobileNet-128"]
   assert seeds == [("dws_seed0", "0", "85.3%"), ("dws_seed1", "1", "86.1%")]
   assert any(row[1] == "shallow-final" for row in runs)  # `name` wins over the folder name
+
+
+def test_all_runs_table_shows_training_speed_and_time_where_recorded(paper_report):
+  runs = {row[1]: row for row in table_rows((paper_report / "results.md").read_text(),
+                                            "### All runs")}
+  assert runs["dws_seed1"][9:11] == ["25.4", "1h02m"]
+  assert runs["dws_seed0"][9:11] == ["—", "—"]
 
 
 def test_paper_column_matches_variant_width_and_rescaled_resolution(paper_report):
