@@ -6,11 +6,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
-from mobilenet import host_memory  # pylint: disable=g-import-not-at-top
-
-if __name__ == "__main__":
-  host_memory.restart_with_reused_memory()  # before the heavy imports below: it re-executes
-
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 

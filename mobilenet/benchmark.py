@@ -40,8 +40,8 @@ flags.DEFINE_bool("torch", False, "Also run the same architecture in PyTorch (CP
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
                   "default: config.model.variant. Other fields come from the config.")
-flags.DEFINE_bool("reuse_memory", True, "Restart under glibc malloc settings that reuse freed "
-                  "buffers (mobilenet.host_memory, as train.py does); --noreuse_memory measures without.")
+flags.DEFINE_bool("reuse_memory", False, "Restart under glibc malloc settings that reuse freed "
+                  "buffers (mobilenet.host_memory; train.py's opt-in, not its default).")
 FLAGS = flags.FLAGS
 
 OPS_SHAPE = (56, 56, 128)  # the issue's per-op shape: batch x 56 x 56 x 128

@@ -4,8 +4,14 @@ XLA:CPU allocates each executable's temporaries (1.2 GB for a MobileNet training
 at batch 32) and outputs anew on every call, from its worker threads; glibc serves
 such blocks with fresh mmaps, and the kernel then faults in and zeroes every page
 (~300k page faults, ~0.8 s of system time per step here). With one arena, no mmaps
-per block and no trimming, freed blocks are reused: `python -m mobilenet.benchmark`
-measures 1.6-2x more training images/s (compare `--noreuse_memory`).
+per block and no trimming, freed blocks are reused: `python -m mobilenet.benchmark
+--reuse_memory` measures the training step 1.6-2x faster.
+
+Not the default for train.py: in a whole run (tf.data decoding and caching the
+dataset, evaluation at another batch size) the process then never returns memory and
+its peak resident size doubled (13.4 GB against 6.3 GB for 15 steps and one
+evaluation of MobileNet-1.0 on Imagenette at 128 px), too much for a shared 24 GB
+machine. Opt in with `GLIBC_TUNABLES=<REUSE_MEMORY_TUNABLES> python train.py ...`.
 """
 import importlib.metadata
 import importlib.util

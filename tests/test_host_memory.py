@@ -1,4 +1,5 @@
-"""train.py and eval.py restart once under malloc settings that let XLA:CPU reuse buffers."""
+"""The benchmark's --reuse_memory (train.py's opt-in) restarts once under malloc settings that
+let XLA:CPU reuse buffers."""
 import os
 import subprocess
 import sys
