@@ -36,22 +36,28 @@ def _on_cpu() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def _resolve(field: str, choices: tuple[str, ...], impl: str, *, on_cpu: str,
+             elsewhere: str) -> str:
+  if impl not in choices:
+    raise ValueError(f"{field} must be one of {', '.join(choices)}; got {impl!r}")
+  if impl == "auto":
+    return on_cpu if _on_cpu() else elsewhere
+  return impl
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   """The concrete depthwise implementation `impl` stands for on this backend."""
-  if impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f"depthwise_impl must be one of {', '.join(DEPTHWISE_IMPLS)}; got {impl!r}")
-  if impl == "auto":
-    return "shifted" if _on_cpu() else "grouped"
-  return impl
+  return _resolve("depthwise_impl", DEPTHWISE_IMPLS, impl, on_cpu="shifted", elsewhere="grouped")
 
 
 def resolve_pointwise_impl(impl: str) -> str:
   """The concrete pointwise implementation `impl` stands for on this backend."""
-  if impl not in POINTWISE_IMPLS:
-    raise ValueError(f"pointwise_impl must be one of {', '.join(POINTWISE_IMPLS)}; got {impl!r}")
-  if impl == "auto":
-    return "matmul" if _on_cpu() else "conv"
-  return impl
+  return _resolve("pointwise_impl", POINTWISE_IMPLS, impl, on_cpu="matmul", elsewhere="conv")
+
+
+def resolve_standard_impl(impl: str) -> str:
+  """The concrete implementation of full (ungrouped) 3x3 convolutions on this backend."""
+  return _resolve("standard_impl", STANDARD_IMPLS, impl, on_cpu="matmul_grad", elsewhere="conv")
 
 
 def depthwise_conv_fn(impl: str) -> ConvFn:
@@ -64,15 +70,6 @@ def pointwise_conv_fn(impl: str) -> ConvFn:
   """The 1x1 conv: `conv` is lax's convolution, `matmul` one dot_general over pixels."""
   return {"conv": lax.conv_general_dilated,
           "matmul": matmul_pointwise_conv}[resolve_pointwise_impl(impl)]
-
-
-def resolve_standard_impl(impl: str) -> str:
-  """The concrete implementation of full (ungrouped) 3x3 convolutions on this backend."""
-  if impl not in STANDARD_IMPLS:
-    raise ValueError(f"standard_impl must be one of {', '.join(STANDARD_IMPLS)}; got {impl!r}")
-  if impl == "auto":
-    return "matmul_grad" if _on_cpu() else "conv"
-  return impl
 
 
 def standard_conv_fn(impl: str = "auto") -> ConvFn:
@@ -91,6 +88,14 @@ def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
     return False
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   return numbers == _NHWC_HWIO
+
+
+def _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
+                preferred_element_type) -> bool:
+  """An NHWC/HWIO conv without dilation or batch groups, in the input's dtype."""
+  return (_is_nhwc_hwio(lhs, rhs, dimension_numbers) and _all_ones(lhs_dilation)
+          and _all_ones(rhs_dilation) and batch_group_count == 1
+          and preferred_element_type is None)
 
 
 def _all_ones(values) -> bool:
@@ -119,10 +124,9 @@ def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """
   channels = lhs.shape[-1] if lhs.ndim == 4 else None
   supported = (
-      _is_nhwc_hwio(lhs, rhs, dimension_numbers) and _all_ones(lhs_dilation)
-      and _all_ones(rhs_dilation) and batch_group_count == 1
-      and feature_group_count == channels and rhs.shape[2:] == (1, channels)
-      and preferred_element_type is None)
+      _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
+                  preferred_element_type)
+      and feature_group_count == channels and rhs.shape[2:] == (1, channels))
   if not supported:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -378,10 +382,9 @@ def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   (a convolution over the batch) 7-15x slower than the same sum written as products
   of shifted slices. Grouped, dilated or non-NHWC convs fall through to lax.
   """
-  supported = (
-      _is_nhwc_hwio(lhs, rhs, dimension_numbers) and _all_ones(lhs_dilation)
-      and _all_ones(rhs_dilation) and feature_group_count == 1 and batch_group_count == 1
-      and preferred_element_type is None)
+  supported = feature_group_count == 1 and _plain_nhwc(
+      lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
+      preferred_element_type)
   if not supported:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

@@ -32,6 +32,17 @@ def _value_and_grads(conv, x, kernel, cotangent, **conv_args):
   return conv(x, kernel, **conv_args), jax.grad(loss, argnums=(0, 1))(x, kernel)
 
 
+def _assert_same_values_and_grads(conv, reference, x, kernel, conv_args, seed):
+  """conv's output and its gradients match the reference's under one random cotangent."""
+  cotangent = _random(reference(x, kernel, **conv_args).shape, seed=seed)
+  (expected_y, expected_grads), (y, grads) = jax.jit(lambda x, k: (
+      _value_and_grads(reference, x, k, cotangent, **conv_args),
+      _value_and_grads(conv, x, k, cotangent, **conv_args)))(x, kernel)
+  _assert_close(y, expected_y, "output")
+  _assert_close(grads[0], expected_grads[0], "d input")
+  _assert_close(grads[1], expected_grads[1], "d kernel")
+
+
 def _assert_close(actual, expected, name, tolerance=2e-5):
   # Relative to the largest magnitude: sums over many pixels carry float32 rounding.
   scale = float(jnp.max(jnp.abs(expected))) + 1e-6
@@ -60,17 +71,7 @@ def test_shifted_depthwise_matches_grouped(stride, size, channels, padding):
   x = _random((2, *size, channels), seed=0)
   kernel = _random((3, 3, 1, channels), seed=1)
   args = dict(strides=(stride, stride), padding=padding)
-  cotangent = _random(_grouped(x, kernel, **args).shape, seed=2)
-
-  @jax.jit
-  def both(x, kernel):
-    return (_value_and_grads(_grouped, x, kernel, cotangent, **args),
-            _value_and_grads(_shifted, x, kernel, cotangent, **args))
-
-  (expected_y, expected_grads), (y, grads) = both(x, kernel)
-  _assert_close(y, expected_y, "output")
-  _assert_close(grads[0], expected_grads[0], "d input")
-  _assert_close(grads[1], expected_grads[1], "d kernel")
+  _assert_same_values_and_grads(_shifted, _grouped, x, kernel, args, seed=2)
 
 
 def test_shifted_depthwise_mixed_strides_and_jit():
@@ -128,13 +129,7 @@ def test_matmul_pointwise_matches_conv(stride, size, channels):
   args = dict(strides=(stride, stride), padding="SAME")
   conv = lambda x, k, **a: _pointwise("conv", x, k, **a)
   matmul = lambda x, k, **a: _pointwise("matmul", x, k, **a)
-  cotangent = _random(conv(x, kernel, **args).shape, seed=12)
-  (expected_y, expected_grads), (y, grads) = jax.jit(lambda x, k: (
-      _value_and_grads(conv, x, k, cotangent, **args),
-      _value_and_grads(matmul, x, k, cotangent, **args)))(x, kernel)
-  _assert_close(y, expected_y, "output")
-  _assert_close(grads[0], expected_grads[0], "d input")
-  _assert_close(grads[1], expected_grads[1], "d kernel")
+  _assert_same_values_and_grads(matmul, conv, x, kernel, args, seed=12)
 
 
 @pytest.mark.parametrize("stride, size, channels, padding", [
@@ -148,13 +143,7 @@ def test_matmul_grad_standard_conv_matches_lax(stride, size, channels, padding):
       x, k, strides, padding, dimension_numbers=NHWC)
   matmul_grad = lambda x, k, strides, padding: ops.standard_conv_fn("matmul_grad")(
       x, k, strides, padding, dimension_numbers=NHWC)
-  cotangent = _random(lax_conv(x, kernel, **args).shape, seed=19)
-  (expected_y, expected_grads), (y, grads) = jax.jit(lambda x, k: (
-      _value_and_grads(lax_conv, x, k, cotangent, **args),
-      _value_and_grads(matmul_grad, x, k, cotangent, **args)))(x, kernel)
-  _assert_close(y, expected_y, "output")
-  _assert_close(grads[0], expected_grads[0], "d input")
-  _assert_close(grads[1], expected_grads[1], "d kernel")
+  _assert_same_values_and_grads(matmul_grad, lax_conv, x, kernel, args, seed=19)
 
 
 def test_auto_picks_by_backend(monkeypatch):

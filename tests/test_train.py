@@ -210,4 +210,7 @@ def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
   _, state_single = _final_state(tmp_path / "single")
   _, state_multi = _final_state(tmp_path / "multi")
   for (key, a), (_, b) in zip(_leaves(state_single), _leaves(state_multi)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=key)
+    # Reordered sums perturb each leaf by rounding of its largest terms: compare to its scale
+    # (seen: 9e-5 of it). A process reading the wrong slice of the batch is off by O(1).
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * max(float(np.abs(b).max()), 1e-6),
+                               err_msg=key)
