@@ -35,7 +35,8 @@ flags.DEFINE_integer("resolution", 0, "Input size in pixels; 0: config.data.reso
 flags.DEFINE_integer("steps", 10, "Timed steps per round, after the warm-up.")
 flags.DEFINE_integer("rounds", 3, "Rounds of timed steps, alternating JAX and PyTorch.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps before timing (after compilation).")
-flags.DEFINE_bool("ops", False, "Also time single ops: depthwise grouped vs shifted, 1x1 conv vs matmul.")
+flags.DEFINE_bool("ops", False, "Also time single ops: depthwise grouped vs shifted, 1x1 conv vs "
+                  "matmul, standard 3x3 conv vs matmul_grad.")
 flags.DEFINE_bool("torch", False, "Also run the same architecture in PyTorch (CPU, channels_last).")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
