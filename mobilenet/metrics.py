@@ -30,10 +30,6 @@ class MetricWriter:
       self._tensorboard.scalar(f"{kind}/{name}", float(value), int(step))
     self._tensorboard.flush()
 
-  def flush(self) -> None:
-    if self.enabled:
-      self._jsonl.flush()
-
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()

@@ -384,9 +384,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if images_seen:
         extra.update(session_train_wall_s=train_seconds,
                      session_train_images_per_s=images_seen / train_seconds)
-      if jax.process_index() == 0:  # over every session of the run; the log is process 0's
-        writer.flush()
-        train_seconds_all = metrics.training_seconds(workdir)
+      # Over every session of the run, from the log that process 0 writes (and flushes).
+      train_seconds_all = metrics.training_seconds(workdir) if jax.process_index() == 0 else 0
+      if train_seconds_all > 0:
         extra.update(train_wall_s=train_seconds_all,
                      train_images_per_s=final_step * global_batch / train_seconds_all)
       checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
