@@ -4,6 +4,8 @@ import os
 import re
 import sys
 import tempfile
+import threading
+import time
 
 import jax
 import ml_collections
@@ -157,6 +159,16 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     sys.exit(1)
 
 
+def join_background_threads(timeout_s: float = 60.0) -> None:
+  """Lets the threads that the interpreter would wait for at exit end now, so that what they
+  log comes before the one-line error: orbax logs each failed write from the thread that made
+  it, and may still be writing other arrays when the first failure reaches the main thread."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def run(main) -> None:
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:
@@ -166,6 +178,7 @@ def run(main) -> None:
     except USER_ERRORS as error:
       if os.environ.get("MOBILENET_TRACEBACK"):
         raise
+      join_background_threads()
       print(f"error: {error}", file=sys.stderr, flush=True)
       sys.exit(1)
   app.run(guarded, flags_parser=parse_flags)

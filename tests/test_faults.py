@@ -3,6 +3,7 @@ unwritable workdirs. Each must end in a clear message with nothing lost (docs/fa
 import functools
 import json
 import logging
+import os
 import pathlib
 import re
 import shutil
@@ -387,6 +388,34 @@ def test_bad_flag_is_one_line_naming_it(flag, expected, capsys):
   lines = capsys.readouterr().err.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
+
+_LATE_WRITER = """
+import sys, threading, time
+from absl import logging
+from mobilenet import cli
+
+def main(argv):
+  def write_more_arrays():
+    time.sleep(1)
+    logging.error("another array failed to write too")
+  threading.Thread(target=write_more_arrays).start()
+  raise ValueError("could not write a checkpoint")
+
+cli.run(main)
+"""
+
+
+def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
+  """Orbax writes arrays from several threads; the first failure reaches the main thread while
+  others are still writing and log theirs later. The user's line must still be the last."""
+  script = tmp_path / "late_writer.py"
+  script.write_text(_LATE_WRITER)
+  result = subprocess.run([sys.executable, str(script)], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+  assert result.returncode == 1, result.stderr
+  assert "another array failed to write too" in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == "error: could not write a checkpoint"
 
 def test_batch_that_does_not_divide_over_the_devices_fails_before_compiling(images, tmp_path):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu",
