@@ -294,7 +294,8 @@ def format_accuracy(row: ModelRow) -> str:
 def format_paper(paper: Optional[PaperRow]) -> str:
   if paper is None:
     return "—"
-  return f"{paper.top1_percent:.1f}% / {paper.million_mult_adds}M ({paper.name})"
+  return (f"{paper.top1_percent:.1f}% / {paper.million_mult_adds}M / {paper.million_params:g}M "
+          f"({paper.name})")
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]],
@@ -310,7 +311,7 @@ def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
   header = ["Model", f"{dataset_label(rows[0].dataset)} Accuracy", "Million Mult-Adds",
             "Million Parameters", "Images/s"]
   if with_paper:
-    header.append("Paper: ImageNet Top-1 / Mult-Adds")
+    header.append("Paper: ImageNet Top-1 / Mult-Adds / Params")
   cells = []
   for row in rows:
     line = [row.name, format_accuracy(row), f"{row.mult_adds / 1e6:.0f}",
@@ -351,8 +352,8 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
   ]
   if with_paper:
     notes.append(
-        "Paper: ImageNet top-1 and mult-adds of Howard et al. (2017), Tables 4–7, for the same "
-        f"variant and width, resolution r read as r × 224 / {base_resolution} and matched to the "
+        "Paper: ImageNet top-1, mult-adds and parameters of Howard et al. (2017), Tables 4–7, "
+        f"for the same variant and width, resolution r read as r × 224 / {base_resolution} and matched to the "
         "nearest of 224/192/160/128 within 16 px. Different dataset, resolution and classifier: "
         "compare trends, not numbers.")
   return notes
@@ -521,7 +522,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help=f"where to write {MARKDOWN_FILENAME}, {JSON_FILENAME}, {PLOT_FILENAME}")
   parser.add_argument("--title", help="title of the report and the plot")
   parser.add_argument("--paper", action="store_true",
-                      help="add the paper's ImageNet top-1 / mult-adds for matching models")
+                      help="add the paper's ImageNet top-1 / mult-adds / params for matching "
+                      "models")
   parser.add_argument("--base-resolution", type=int, default=PAPER_BASE_RESOLUTION,
                       help="the resolution that stands for the paper's 224 (this project: 128)")
   args = parser.parse_args(argv)

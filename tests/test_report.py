@@ -103,11 +103,11 @@ def test_all_runs_table_shows_training_speed_and_time_where_recorded(paper_repor
 def test_paper_column_matches_variant_width_and_rescaled_resolution(paper_report):
   rows = {row[0]: row for row in table_rows((paper_report / "results.md").read_text(),
                                             "## Imagenette")}
-  assert rows["1.0 MobileNet-128"][5] == "70.6% / 569M (1.0 MobileNet-224)"
-  assert rows["1.0 MobileNet-96"][5] == "67.2% / 290M (1.0 MobileNet-160)"  # 96 * 224/128 = 168
-  assert rows["Conv MobileNet"][5] == "71.7% / 4866M (Conv MobileNet)"
-  assert rows["Shallow MobileNet"][5] == "65.3% / 307M (Shallow MobileNet)"
-  assert rows["0.5 MobileNet-128"][5] == "63.7% / 149M (0.5 MobileNet-224)"
+  assert rows["1.0 MobileNet-128"][5] == "70.6% / 569M / 4.2M (1.0 MobileNet-224)"
+  assert rows["1.0 MobileNet-96"][5] == "67.2% / 290M / 4.2M (1.0 MobileNet-160)"  # 96 * 224/128 = 168
+  assert rows["Conv MobileNet"][5] == "71.7% / 4866M / 29.3M (Conv MobileNet)"
+  assert rows["Shallow MobileNet"][5] == "65.3% / 307M / 2.9M (Shallow MobileNet)"
+  assert rows["0.5 MobileNet-128"][5] == "63.7% / 149M / 1.3M (0.5 MobileNet-224)"
 
 
 def test_results_json_holds_the_aggregated_rows_and_every_run(paper_report):
