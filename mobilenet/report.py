@@ -354,8 +354,8 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
     notes.append(
         "Paper: ImageNet top-1, mult-adds and parameters of Howard et al. (2017), Tables 4–7, "
         f"for the same variant and width, resolution r read as r × 224 / {base_resolution} and "
-        "matched to the nearest of 224/192/160/128 within 16 px. Different dataset, resolution and classifier: "
-        "compare trends, not numbers.")
+        "matched to the nearest of 224/192/160/128 within 16 px. Different dataset, resolution "
+        "and classifier: compare trends, not numbers.")
   return notes
 
 
