@@ -75,7 +75,7 @@ def rebuild_table(table: str) -> int:
     return 0
   return report.main([*map(str, done), "--out", str(RESULTS / table), "--paper",
                       "--base-resolution", str(BASE_RESOLUTION),
-                      "--title", f"{table.capitalize()} on Imagenette"])
+                      "--title", f"Table {table.removeprefix('table')} of the paper, on Imagenette"])
 
 
 def main(argv=None) -> int:
