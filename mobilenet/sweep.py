@@ -73,9 +73,9 @@ def rebuild_table(table: str) -> int:
   if not done:
     print(f"{table}: no finished rows yet", file=sys.stderr)
     return 0
+  title = f"Table {table.removeprefix('table')} of the paper, on Imagenette"
   return report.main([*map(str, done), "--out", str(RESULTS / table), "--paper",
-                      "--base-resolution", str(BASE_RESOLUTION),
-                      "--title", f"Table {table.removeprefix('table')} of the paper, on Imagenette"])
+                      "--base-resolution", str(BASE_RESOLUTION), "--title", title])
 
 
 def main(argv=None) -> int:

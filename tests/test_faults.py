@@ -390,7 +390,7 @@ def test_bad_flag_is_one_line_naming_it(flag, expected, capsys):
 
 
 _LATE_WRITER = """
-import sys, threading, time
+import threading, time
 from absl import logging
 from mobilenet import cli
 
@@ -416,6 +416,7 @@ def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
   assert result.returncode == 1, result.stderr
   assert "another array failed to write too" in result.stderr
   assert result.stderr.strip().splitlines()[-1] == "error: could not write a checkpoint"
+
 
 def test_batch_that_does_not_divide_over_the_devices_fails_before_compiling(images, tmp_path):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu",
