@@ -64,8 +64,9 @@ class Row:
 TABLES = {
     # Table 4: standard against depthwise-separable convolutions, two seeds each.
     "table4": (Row("conv"), Row("conv", seed=1), Row("dws"), Row("dws", seed=1)),
-    # Table 5: narrower against shallower, at about the same cost.
-    "table5": (Row("dws", 0.75), Row("shallow")),
+    # Table 5: narrower against shallower, at about the same cost, two seeds each.
+    "table5": (Row("dws", 0.75), Row("shallow"), Row("dws", 0.75, seed=1),
+               Row("shallow", seed=1)),
     # Table 6: the width multiplier, two seeds each.
     "table6": (Row("dws", 1.0), Row("dws", 0.75), Row("dws", 0.5), Row("dws", 0.25),
                Row("dws", 1.0, seed=1), Row("dws", 0.75, seed=1), Row("dws", 0.5, seed=1),
@@ -155,8 +156,9 @@ def rebuild_table(table: str) -> int:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mobilenet.sweep", description=__doc__.split("\n")[0],
-                                   epilog="Flags after -- go to every train.py run of the table.")
+  parser = argparse.ArgumentParser(
+      prog="python -m mobilenet.sweep", description=__doc__.split("\n")[0],
+      epilog="Flags after -- go to every train.py run of the table.")
   parser.add_argument("table", choices=sorted(TABLES))
   parser.add_argument("--dry-run", action="store_true", help="list the rows and what is missing")
   parser.add_argument("--report-only", action="store_true", help="rebuild the table only")
