@@ -116,15 +116,15 @@ def _leaves(tree, prefix=""):
 
 
 def _initial_variables(**model_overrides) -> dict:
-  """The variables every TINY run starts from (they depend only on the seed and the model)."""
+  """The params and batch_stats every TINY run starts from, made as train.py makes them."""
+  import optax
   from configs import dws
   from mobilenet import train_lib
   config = dws.get_config(TINY)
   config.model.update(model_overrides)
-  resolution = config.data.resolution
-  return jax.device_get(train_lib.build_model(config).init(
-      jax.random.key(config.seed), np.zeros((1, resolution, resolution, 3), np.float32),
-      train=False))
+  state = train_lib.create_train_state(config, train_lib.build_model(config), optax.identity(),
+                                       train_lib.device_mesh(jax.devices()[:1]))
+  return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 
 
 def _changes(tree, start) -> dict:
