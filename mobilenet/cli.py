@@ -162,11 +162,14 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
 def join_background_threads(timeout_s: float = 60.0) -> None:
   """Lets the threads that the interpreter would wait for at exit end now, so that what they
   log comes before the one-line error: orbax logs each failed write from the thread that made
-  it, and may still be writing other arrays when the first failure reaches the main thread."""
+  it, and may still be writing other arrays when the first failure reaches the main thread.
+
+  Thread.join itself, not the thread's own: orbax's _SignalingThread.join re-raises the error the
+  thread already logged (or raises TimeoutError), which would replace the user's line."""
   deadline = time.monotonic() + timeout_s
   for thread in threading.enumerate():
     if thread is not threading.current_thread() and not thread.daemon:
-      thread.join(max(0.0, deadline - time.monotonic()))
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
 def run(main) -> None:

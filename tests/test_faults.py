@@ -394,11 +394,20 @@ import threading, time
 from absl import logging
 from mobilenet import cli
 
-def main(argv):
-  def write_more_arrays():
+class ArrayWriter(threading.Thread):
+  # Like orbax's _SignalingThread: join() re-raises the error the thread logged.
+
+  def run(self):
     time.sleep(1)
     logging.error("another array failed to write too")
-  threading.Thread(target=write_more_arrays).start()
+    self.error = ValueError("RESOURCE_EXHAUSTED: No space left on device")
+
+  def join(self, timeout=None):
+    super().join(timeout)
+    raise self.error
+
+def main(argv):
+  ArrayWriter().start()
   raise ValueError("could not write a checkpoint")
 
 cli.run(main)
@@ -407,7 +416,8 @@ cli.run(main)
 
 def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
   """Orbax writes arrays from several threads; the first failure reaches the main thread while
-  others are still writing and log theirs later. The user's line must still be the last."""
+  others are still writing and log theirs later, and joining one re-raises its error. The
+  user's line must still be the last, and the only error printed besides the logs."""
   script = tmp_path / "late_writer.py"
   script.write_text(_LATE_WRITER)
   result = subprocess.run([sys.executable, str(script)], cwd=PROJECT_ROOT, capture_output=True,
@@ -416,6 +426,7 @@ def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
   assert result.returncode == 1, result.stderr
   assert "another array failed to write too" in result.stderr
   assert result.stderr.strip().splitlines()[-1] == "error: could not write a checkpoint"
+  assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_batch_that_does_not_divide_over_the_devices_fails_before_compiling(images, tmp_path):
