@@ -1,5 +1,7 @@
 """What train.py and eval.py share: config checks before any compilation, the workdir, and
 one-line errors instead of tracebacks for the mistakes a user can fix."""
+import gc
+import logging as python_logging
 import os
 import re
 import sys
@@ -182,6 +184,10 @@ def run(main) -> None:
       if os.environ.get("MOBILENET_TRACEBACK"):
         raise
       join_background_threads()
+      gc.collect()  # asyncio reports the failed writes of tasks already unreachable: now, above
       print(f"error: {error}", file=sys.stderr, flush=True)
+      # Orbax's event loop keeps its other failed writes until exit, where asyncio would report
+      # each ("Task exception was never retrieved") below the user's line: the same error again.
+      python_logging.getLogger("asyncio").setLevel(python_logging.CRITICAL)
       sys.exit(1)
   app.run(guarded, flags_parser=parse_flags)

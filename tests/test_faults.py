@@ -390,7 +390,7 @@ def test_bad_flag_is_one_line_naming_it(flag, expected, capsys):
 
 
 _LATE_WRITER = """
-import threading, time
+import asyncio, threading, time
 from absl import logging
 from mobilenet import cli
 
@@ -406,7 +406,18 @@ class ArrayWriter(threading.Thread):
     super().join(timeout)
     raise self.error
 
+async def write_one_more_array():
+  raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+
+# Like orbax's writes that failed after the first: asyncio reports their errors, never
+# retrieved, when the tasks are collected, which for these is at exit.
+unretrieved = []
+
 def main(argv):
+  loop = asyncio.new_event_loop()
+  unretrieved.append(loop.create_task(write_one_more_array()))
+  loop.run_until_complete(asyncio.sleep(0.01))
+  loop.close()
   ArrayWriter().start()
   raise ValueError("could not write a checkpoint")
 
