@@ -427,8 +427,9 @@ cli.run(main)
 
 def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
   """Orbax writes arrays from several threads; the first failure reaches the main thread while
-  others are still writing and log theirs later, and joining one re-raises its error. The
-  user's line must still be the last, and the only error printed besides the logs."""
+  others are still writing and log theirs later, joining one re-raises its error, and asyncio
+  reports the writes whose errors nobody retrieved at exit. The user's line must still be the
+  last, and the only error printed besides the logs."""
   script = tmp_path / "late_writer.py"
   script.write_text(_LATE_WRITER)
   result = subprocess.run([sys.executable, str(script)], cwd=PROJECT_ROOT, capture_output=True,
