@@ -184,7 +184,9 @@ def run(main) -> None:
       if os.environ.get("MOBILENET_TRACEBACK"):
         raise
       join_background_threads()
-      gc.collect()  # asyncio reports the failed writes of tasks already unreachable: now, above
+      # Orbax's abandoned writes, once collected, are reported ("coroutine ... was never
+      # awaited", "Task exception was never retrieved"): collect them now, above the line.
+      gc.collect()
       print(f"error: {error}", file=sys.stderr, flush=True)
       # Orbax's event loop keeps its other failed writes until exit, where asyncio would report
       # each ("Task exception was never retrieved") below the user's line: the same error again.
