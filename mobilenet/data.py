@@ -40,6 +40,9 @@ IMAGE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 ON_CORRUPT = ("skip", "error")
 MAX_CROP_ATTEMPTS = 10  # as TF's ResNet/MobileNet preprocessing; the whole image if all fail
 NUM_LOGGED_SKIPPED = 5
+# data.cache decodes a split into memory only if it takes at most this share of what is
+# available: the rest is left to training (activations, XLA's buffers, the other split).
+MAX_CACHE_SHARE_OF_MEMORY = 0.5
 # Seeds of the independent random streams derived from the user's seed.
 _PERMUTATION_STREAM = 1
 _AUGMENTATION_STREAM = 2
@@ -159,44 +162,6 @@ def _unreadable_reason(contents: bytes) -> str:
 # ----------------------------------------------------------------------------- splits
 
 
-class _ImageArena:
-  """One growing anonymous memory map holding decoded images back to back.
-
-  Decoded Imagenette is ~1.4 GB; this fills it with a single copy per image and
-  hands it to TF without another (page faults are the cost on small VMs).
-  """
-
-  def __init__(self, capacity: int):
-    self._map = mmap.mmap(-1, max(capacity, mmap.PAGESIZE))
-    self._advise()
-    self.size = 0
-
-  def _advise(self):
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-      try:
-        self._map.madvise(mmap.MADV_HUGEPAGE)
-      except OSError:
-        pass
-
-  def append(self, image: np.ndarray) -> int:
-    offset = self.size
-    if offset + image.nbytes > len(self._map):
-      self._map.resize(max(int(len(self._map) * 1.5), offset + image.nbytes))
-      self._advise()
-    self._map.seek(offset)
-    self._map.write(np.ascontiguousarray(image))
-    self.size += image.nbytes
-    return offset
-
-  def to_tensor(self) -> tf.Tensor:
-    if self.size < len(self._map):
-      self._map.resize(max(self.size, mmap.PAGESIZE))
-    array = np.frombuffer(self._map, np.uint8, count=self.size)
-    if array.ctypes.data % 64 == 0:  # TF requires aligned buffers; a memory map is page-aligned
-      return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-    return tf.constant(array)
-
-
 @dataclasses.dataclass
 class _Split:
   """One split's examples: random access by index, or (tfds TFRecords) a sequential stream."""
@@ -234,31 +199,143 @@ def _encoded_split(description: str, fetch: Callable, num_examples: int, skipped
   return _Split(description, num_examples, tuple(skipped), read_window=read_window)
 
 
-def _decode_all(examples: tf.data.Dataset, num_examples: int, full: bool):
-  """Runs (index, contents, label) through a parallel decode, dropping unreadable images.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-  Returns (kept indices, labels, arena or None, offsets, shapes).
+
+def _header_shape(contents: tf.Tensor) -> tf.Tensor:
+  """[height, width] of an encoded image, from its header where the format allows.
+
+  JPEG and PNG (nearly every dataset) are read from the header alone; other formats
+  (GIF, BMP, WebP) are decoded to learn their size.
   """
-  def decode(index, contents, label):
-    if full:
-      return index, label, _decode_full(contents)
-    with tf.control_dependencies([_decode_check(contents)]):  # keeps the check from being pruned
-      return index, label, tf.zeros([0, 0, 3], tf.uint8)
+  def png():  # IHDR: width and height as big-endian 32-bit integers at bytes 16..24
+    size = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, 16, 8), tf.uint8), tf.int32)
+    size = tf.reshape(size, [2, 4])
+    size = ((size[:, 0] * 256 + size[:, 1]) * 256 + size[:, 2]) * 256 + size[:, 3]
+    return tf.stack([size[1], size[0]])
 
-  decoded = examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  decoded = decoded.ignore_errors().prefetch(64)
-  kept, labels, offsets, shapes = [], [], [], []
-  arena = None
-  for index, label, image in decoded.as_numpy_iterator():
+  def other():
+    return tf.shape(_decode_full(contents))[:2]
+
+  is_png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE)
+  return tf.case([(tf.io.is_jpeg(contents), lambda: tf.image.extract_jpeg_shape(contents)[:2]),
+                  (is_png, png)], default=other)
+
+
+def available_memory_bytes() -> int:
+  """What this process may still allocate: the machine's MemAvailable, or less under a cgroup."""
+  available = None
+  try:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+      for line in meminfo:
+        if line.startswith("MemAvailable:"):
+          available = int(line.split()[1]) * 1024
+  except (OSError, ValueError):
+    pass
+  try:
+    limit = pathlib.Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    used = int(pathlib.Path("/sys/fs/cgroup/memory.current").read_text())
+    if limit != "max":
+      available = min(available or _FOREVER, int(limit) - used)
+  except (OSError, ValueError):
+    pass
+  if available is None:
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+  return max(int(available), 0)
+
+
+def _format_bytes(count: int) -> str:
+  return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+class _DecodedImages:
+  """Decoded images back to back in one anonymous memory map of exactly their total size.
+
+  The size comes from the file headers before anything is decoded, so the map never grows
+  (growing an anonymous shared map and writing past its first size faults with SIGBUS), and
+  TF reads it through DLPack without a copy (the map is page-aligned).
+  """
+
+  def __init__(self, num_bytes: int):
+    self._map = mmap.mmap(-1, max(num_bytes, 1))
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+      try:
+        self._map.madvise(mmap.MADV_HUGEPAGE)
+      except OSError:
+        pass
+    self.num_bytes = num_bytes
+
+  def write(self, offset: int, image: np.ndarray) -> None:
+    self._map[offset:offset + image.nbytes] = np.ascontiguousarray(image).data.cast("B")
+
+  def to_tensor(self) -> tf.Tensor:
+    array = np.frombuffer(self._map, np.uint8, count=self.num_bytes)
+    if array.ctypes.data % 64 == 0:  # TF requires aligned buffers
+      return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.constant(array)
+
+
+@dataclasses.dataclass
+class _Decoded:
+  """A split decoded into memory: kept example numbers, their labels, and where each image is."""
+  kept: np.ndarray
+  labels: np.ndarray
+  images: Optional[_DecodedImages]
+  offsets: np.ndarray
+  shapes: np.ndarray
+
+
+def _readable(examples: tf.data.Dataset, check) -> tf.data.Dataset:
+  """(index, contents, label) -> (index, label, check(contents)), unreadable files dropped."""
+  def checked(index, contents, label):
+    return index, label, check(contents)
+  checked_examples = examples.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return checked_examples.ignore_errors().prefetch(64)
+
+
+def _check_all(examples: tf.data.Dataset) -> np.ndarray:
+  """The indices of the examples whose image decodes (streaming: nothing is kept)."""
+  return np.asarray([index for index, _, _ in _readable(examples, _decode_check).as_numpy_iterator()],
+                    np.int64)
+
+
+def _decode_all(examples: tf.data.Dataset, description: str, on_too_large) -> Optional[_Decoded]:
+  """Decodes every readable image of (index, contents, label) into one buffer sized beforehand.
+
+  A first pass reads each image's size from its header; when the split would not fit in the
+  memory available, `on_too_large(message)` decides (stream instead: returns None).
+  """
+  headers = list(_readable(examples, _header_shape).as_numpy_iterator())
+  shapes = np.asarray([(int(h), int(w), 3) for _, _, (h, w) in headers], np.int64).reshape(-1, 3)
+  sizes = shapes.prod(axis=1)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+  total = int(sizes.sum())
+  available = available_memory_bytes()
+  if total > MAX_CACHE_SHARE_OF_MEMORY * available:
+    return on_too_large(
+        f"{description}: decoding {len(headers)} images needs {_format_bytes(total)}, more than "
+        f"{MAX_CACHE_SHARE_OF_MEMORY:.0%} of the {_format_bytes(available)} of memory available")
+  images = _DecodedImages(total)
+  slot_of = {int(index): slot for slot, (index, _, _) in enumerate(headers)}
+  has_header = np.zeros(max(slot_of, default=-1) + 1, bool)
+  has_header[list(slot_of)] = True
+  has_header = tf.constant(has_header)
+  kept, labels, kept_slots = [], [], []
+  with_header = examples.filter(lambda index, contents, label: has_header[index])
+  start = time.perf_counter()
+  for index, label, image in _readable(with_header, _decode_full).as_numpy_iterator():
+    slot = slot_of[int(index)]
+    if image.shape != tuple(shapes[slot]):  # the header lied; such a file is skipped
+      continue
+    images.write(int(offsets[slot]), image)
     kept.append(index)
     labels.append(label)
-    if full:
-      if arena is None:  # sized for all images like the first, grown if need be
-        arena = _ImageArena(int(image.nbytes * num_examples * 1.02))
-      offsets.append(arena.append(image))
-      shapes.append(image.shape)
-  return (np.asarray(kept, np.int64), np.asarray(labels, np.int32), arena,
-          np.asarray(offsets, np.int64), np.asarray(shapes, np.int64).reshape(-1, 3))
+    kept_slots.append(slot)
+  log.info("%s: %d images decoded into %s of memory in %.1f s", description, len(kept),
+           _format_bytes(total), time.perf_counter() - start)
+  kept_slots = np.asarray(kept_slots, np.int64)
+  return _Decoded(np.asarray(kept, np.int64), np.asarray(labels, np.int32), images,
+                  offsets[kept_slots], shapes[kept_slots])
 
 
 def _report_skipped(description: str, names: list[str], reason_of: Callable[[int], str],
@@ -338,25 +415,34 @@ def _list_folder(split_dir: pathlib.Path, label_names: tuple[str, ...], start: f
 def _load_folder_split(data_config, split: str) -> _Split:
   name, start, end = _parse_folder_split(split)
   split_dir = pathlib.Path(data_config.folder) / name
-  paths, labels = _list_folder(split_dir, _folder_label_names(data_config), start, end)
+  label_names = _folder_label_names(data_config)
+  paths, labels = _list_folder(split_dir, label_names, start, end)
   examples = tf.data.Dataset.from_tensor_slices(
       (np.arange(len(paths), dtype=np.int64), paths, labels))
   examples = examples.map(lambda i, path, label: (i, tf.io.read_file(path), label))
-  kept, kept_labels, arena, offsets, shapes = _decode_all(examples, len(paths), data_config.cache)
-  skipped_index = sorted(set(range(len(paths))) - set(kept.tolist()))
-  skipped = [paths[i] for i in skipped_index]
+  decoded = _decode_all(examples, str(split_dir), _stream_instead) if data_config.cache else None
+  kept = decoded.kept if decoded else _check_all(examples)
+  skipped = [paths[i] for i in sorted(set(range(len(paths))) - set(kept.tolist()))]
   _report_skipped(str(split_dir), skipped,
                   lambda k: _unreadable_reason(pathlib.Path(skipped[k]).read_bytes()),
                   data_config.on_corrupt)
-  for label, name in enumerate(_folder_label_names(data_config)):
+  kept_labels = labels[kept]
+  for label, class_name in enumerate(label_names):
     if not np.any(kept_labels == label):
-      raise ValueError(f"class folder {split_dir / name} holds no readable image")
-  if data_config.cache:
-    return _cached_split(str(split_dir), arena.to_tensor(), offsets, shapes, kept_labels, skipped)
+      raise ValueError(f"class folder {split_dir / class_name} holds no readable image")
+  if decoded:
+    return _cached_split(str(split_dir), decoded.images.to_tensor(), decoded.offsets,
+                         decoded.shapes, decoded.labels, skipped)
   kept_paths = tf.constant([paths[i] for i in kept])
   kept_labels = tf.constant(kept_labels)
   return _encoded_split(str(split_dir), lambda i: (tf.io.read_file(kept_paths[i]), kept_labels[i]),
                         len(kept), skipped)
+
+
+def _stream_instead(message: str) -> None:
+  log.warning("%s; reading the images from their files at every epoch instead "
+              "(data.cache=False streams from the start)", message)
+  return None
 
 
 # --- tfds source
@@ -465,14 +551,15 @@ def _load_tfds_split(data_config, split: str) -> _Split:
   description = f"tfds {data_config.tfds_name} split {split}"
   examples = _tfds_examples(builder, split)
   num_examples = _tfds_num_examples(builder, split, examples)
-  if data_config.cache:
-    indexed = examples.enumerate().map(lambda i, record: (i, record[0], record[1]))
-    kept, labels, arena, offsets, shapes = _decode_all(indexed, num_examples, full=True)
-    missing = sorted(set(range(num_examples)) - set(kept.tolist()))
+  indexed = examples.enumerate().map(lambda i, record: (i, record[0], record[1]))
+  decoded = _decode_all(indexed, description, _stream_instead) if data_config.cache else None
+  if decoded:
+    missing = sorted(set(range(num_examples)) - set(decoded.kept.tolist()))
     skipped = [f"{description} record {i}" for i in missing]
     _report_skipped(description, skipped, lambda k: "the image does not decode",
                     data_config.on_corrupt)
-    return _cached_split(description, arena.to_tensor(), offsets, shapes, labels, skipped)
+    return _cached_split(description, decoded.images.to_tensor(), decoded.offsets,
+                         decoded.shapes, decoded.labels, skipped)
   if _tfds_random_access(builder):
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
@@ -605,9 +692,40 @@ def _finalise(dataset: tf.data.Dataset, local_batch: int, data_config) -> Iterat
 # ----------------------------------------------------------------------------- public API
 
 
+def _split_folders_present(root: pathlib.Path) -> str:
+  names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+  return ", ".join(names) if names else "no folders"
+
+
+def check_layout(data_config) -> None:
+  """Both splits exist (and a folder's hold the same classes): found before anything decodes."""
+  _check_config(data_config)
+  if data_config.source == "folder":
+    root = pathlib.Path(data_config.folder)
+    label_names = None
+    for field in ("train_split", "eval_split"):
+      name, start, end = _parse_folder_split(data_config[field])
+      if not (root / name).is_dir():
+        raise ValueError(f"data.{field}={data_config[field]!r}: no folder {root / name} "
+                         f"({root} holds {_split_folders_present(root)})")
+      label_names = label_names or _folder_label_names(data_config)
+      _list_folder(root / name, label_names, start, end)
+    return
+  builder = _tfds_builder(data_config)
+  if not builder.info.splits:  # a builder without metadata (tfds' mock data) names none
+    return
+  for field in ("train_split", "eval_split"):
+    name = _tfds_split_name(builder, data_config[field])
+    try:
+      builder.info.splits[name]
+    except (KeyError, ValueError):
+      raise ValueError(f"data.{field}={data_config[field]!r}: {data_config.tfds_name} has the "
+                       f"splits {', '.join(sorted(builder.info.splits))}") from None
+
+
 def dataset_info(data_config) -> DatasetInfo:
   """Class names and example counts (readable images only) of the configured source."""
-  _check_config(data_config)
+  check_layout(data_config)
   if data_config.source == "folder":
     label_names = _folder_label_names(data_config)
   else:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from configs import base
 from mobilenet import data
+from tests.conftest import VARIED_IMAGES, varied_image, write_varied_image_folder
 
 RESOLUTION = 32
 # Each class has its own colour; grayscale files get the colour's luma.
@@ -216,12 +217,81 @@ def test_missing_split_and_empty_class_folder_name_the_path(tmp_path):
   for root in (tmp_path / "no_val", tmp_path / "empty_class"):
     (root / "train" / "ant").mkdir(parents=True)
     _picture((1, 2, 3), 8, 8).save(root / "train" / "ant" / "a.png")
-  with pytest.raises(ValueError, match=f"split folder {tmp_path / 'no_val' / 'val'} not found"):
+  with pytest.raises(ValueError, match=f"no folder {tmp_path / 'no_val' / 'val'}"):
     data.dataset_info(_config(tmp_path / "no_val"))
   (tmp_path / "empty_class" / "train" / "bee").mkdir()
   empty = tmp_path / "empty_class" / "train" / "bee"
   with pytest.raises(ValueError, match=f"class folder {empty} is empty"):
     data.dataset_info(_config(tmp_path / "empty_class"))
+
+
+def test_missing_eval_split_is_named_before_any_image_is_decoded(tmp_path, monkeypatch):
+  root = write_varied_image_folder(tmp_path / "images")
+  (root / "val").rename(root / "test")
+  def no_decoding(*args, **kwargs):
+    raise AssertionError("an image was decoded before the layout was checked")
+  monkeypatch.setattr(data, "_decode_all", no_decoding)
+  monkeypatch.setattr(data, "_check_all", no_decoding)
+  for cache in (True, False):
+    with pytest.raises(ValueError) as error:
+      data.dataset_info(_config(root, cache=cache))
+    assert str(error.value) == (f"data.eval_split='val': no folder {root / 'val'} "
+                                f"({root} holds test, train)")
+
+
+@pytest.fixture(scope="module")
+def varied_folder(tmp_path_factory) -> pathlib.Path:
+  return write_varied_image_folder(tmp_path_factory.mktemp("varied"))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_images_of_any_size_aspect_and_mode_feed_training_and_eval(varied_folder, cache):
+  config = _config(varied_folder, cache=cache, resolution=48)
+  info = data.dataset_info(config)
+  assert (info.num_train_examples, info.num_eval_examples) == (3 * len(VARIED_IMAGES), 6)
+  for batch in _take(data.train_batches(config, global_batch_size=8, seed=0), 4):
+    assert batch["image"].shape == (8, 48, 48, 3)
+    assert np.isfinite(batch["image"]).all() and -1 <= batch["image"].min() <= 1
+  images, labels = _eval_examples(config, 4, 1)
+  assert images.shape == (6, 48, 48, 3) and sorted(labels) == [0, 0, 1, 1, 2, 2]
+  assert [_class_of(image) for image in images] == list(labels)
+
+
+def test_cached_images_are_the_decoded_files_whatever_their_sizes(varied_folder):
+  split = data._load_split(_config(varied_folder, cache=True), "train")
+  full = lambda height, width: (0, 0, height, width)
+  first_of_each_size = [split.read_window(i, full)[0].numpy() for i in range(len(VARIED_IMAGES))]
+  files = sorted((varied_folder / "train" / "ant").iterdir())
+  for image, path in zip(first_of_each_size, files):
+    expected = np.asarray(Image.open(path).convert("RGB")) if "I;16" not in Image.open(path).mode \
+        else None
+    height, width, _, _ = VARIED_IMAGES[files.index(path)]
+    assert image.shape == (height, width, 3)
+    if expected is not None and path.suffix == ".png":  # lossless: the very pixels
+      np.testing.assert_array_equal(image, expected)
+
+
+def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied_folder,
+                                                                          monkeypatch, caplog):
+  monkeypatch.setattr(data, "available_memory_bytes", lambda: 10 * 2**20)  # decoded: ~30 MiB
+  caplog.set_level(logging.INFO)
+  split = data._load_folder_split(_config(varied_folder, cache=True), "train")
+  assert split.num_examples == 3 * len(VARIED_IMAGES)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1
+  total = sum(h * w * 3 for h, w, _, _ in VARIED_IMAGES) * 3
+  assert f"decoding 24 images needs {total / 2**20:.1f} MiB, more than 50% of the 10.0 MiB of " \
+         "memory available" in warnings[0]
+  assert "reading the images from their files" in warnings[0]
+  assert not [r for r in caplog.records if "decoded into" in r.getMessage()]
+
+
+def test_cache_states_its_memory_in_the_log(varied_folder, caplog):
+  caplog.set_level(logging.INFO)
+  data._load_folder_split(_config(varied_folder, cache=True), "val")
+  total = sum(h * w * 3 for h, w, _, _ in VARIED_IMAGES[:2]) * 3
+  assert any(f"6 images decoded into {total / 2**20:.1f} MiB of memory" in r.getMessage()
+             for r in caplog.records)
 
 
 def test_class_missing_from_eval_split_names_the_path(tmp_path):
@@ -315,6 +385,43 @@ def offline(monkeypatch):
   def no_network(*args, **kwargs):
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
   monkeypatch.setattr(socket, "getaddrinfo", no_network)
+
+
+def _encoded(image, fmt) -> bytes:
+  import io
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_tfds_images_of_any_size_feed_training_and_eval(monkeypatch, cache):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  records = [(_encoded(varied_image(h, w, mode, (200, 30, 30), rng), fmt), i % 10)
+             for i, (h, w, mode, fmt) in enumerate(VARIED_IMAGES)]
+
+  def as_dataset(self, split, **kwargs):
+    del self, split, kwargs
+    images, labels = zip(*records)
+    return tf.data.Dataset.from_tensor_slices({"image": list(images), "label": list(labels)})
+
+  monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
+  monkeypatch.setattr(data, "_tfds_random_access", lambda builder: False)
+  monkeypatch.setattr(data, "_tfds_num_examples", lambda *args: len(records))
+  data._loaded_splits.clear()
+  try:
+    with tfds.testing.mock_data(num_examples=len(records), as_dataset_fn=as_dataset):
+      config = _tfds_config(cache=cache)
+      assert data.dataset_info(config).num_train_examples == len(records)
+      for batch in _take(data.train_batches(config, global_batch_size=4, seed=0), 3):
+        assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
+        assert np.isfinite(batch["image"]).all()
+      _, labels = _eval_examples(config, 4, 1)
+      assert list(labels) == [label for _, label in records]
+  finally:
+    data._loaded_splits.clear()
 
 
 def _assert_offline_advice(config):

@@ -287,7 +287,7 @@ def _bad_folder(tmp_path, fault):
   root = write_image_folder(tmp_path / fault)
   if fault == "missing_split":
     shutil.rmtree(root / "val")
-    return root, f"split folder {root / 'val'} not found"
+    return root, f"data.eval_split='val': no folder {root / 'val'} ({root} holds train)"
   if fault == "empty_class_folder":
     for image in (root / "train" / "bee").iterdir():
       image.unlink()
