@@ -12,8 +12,10 @@ PyTorch's), and its 1x1 convolution is slower than the same product written as
 a matrix multiply. The `shifted` depthwise path computes exactly the same
 function as the grouped convolution with one fused multiply-add per kernel
 tap, and its own backward pass (a `jax.custom_vjp`) written the same way; the
-`matmul` pointwise path is one `dot_general`. On GPU/TPU the library
-convolutions are fast, so `auto` keeps them there.
+`matmul` pointwise path is one `dot_general`. Faster still on CPU, the `ffi`
+depthwise path calls a compiled kernel (`mobilenet.cpu_kernels`), built on
+first use; `auto` takes it where it builds and `shifted` where it does not. On
+GPU/TPU the library convolutions are fast, so `auto` keeps them there.
 """
 import functools
 from typing import Callable
@@ -22,9 +24,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet import cpu_kernels
+
 ConvFn = Callable[..., jax.Array]
 
-DEPTHWISE_IMPLS = ("auto", "grouped", "shifted")
+DEPTHWISE_IMPLS = ("auto", "grouped", "shifted", "ffi")
 POINTWISE_IMPLS = ("auto", "conv", "matmul")
 STANDARD_IMPLS = ("auto", "conv", "matmul_grad")
 
@@ -46,8 +50,18 @@ def _resolve(field: str, choices: tuple[str, ...], impl: str, *, on_cpu: str,
 
 
 def resolve_depthwise_impl(impl: str) -> str:
-  """The concrete depthwise implementation `impl` stands for on this backend."""
-  return _resolve("depthwise_impl", DEPTHWISE_IMPLS, impl, on_cpu="shifted", elsewhere="grouped")
+  """The concrete depthwise implementation `impl` stands for on this backend.
+
+  `auto` on CPU is `ffi` where the compiled kernel builds and loads, else `shifted` (after one
+  warning that says why); an explicit `ffi` without the kernel is an error.
+  """
+  resolved = _resolve("depthwise_impl", DEPTHWISE_IMPLS, impl, on_cpu="ffi", elsewhere="grouped")
+  if resolved == "ffi" and not cpu_kernels.depthwise_available():
+    if impl == "auto":
+      return "shifted"
+    raise ValueError("depthwise_impl=ffi needs the compiled CPU kernel, which is unavailable "
+                     "(see the warning above); use auto or shifted")
+  return resolved
 
 
 def resolve_pointwise_impl(impl: str) -> str:
@@ -61,9 +75,11 @@ def resolve_standard_impl(impl: str) -> str:
 
 
 def depthwise_conv_fn(impl: str) -> ConvFn:
-  """The depthwise 3x3: `grouped` is lax's feature_group_count conv, `shifted` the CPU path."""
+  """The depthwise 3x3: `grouped` is lax's feature_group_count conv, `shifted` and `ffi` the
+  CPU paths."""
   return {"grouped": lax.conv_general_dilated,
-          "shifted": shifted_depthwise_conv}[resolve_depthwise_impl(impl)]
+          "shifted": shifted_depthwise_conv,
+          "ffi": ffi_depthwise_conv}[resolve_depthwise_impl(impl)]
 
 
 def pointwise_conv_fn(impl: str) -> ConvFn:
@@ -302,6 +318,55 @@ def _depthwise_bwd(strides, pads, residuals, dy):
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+# ----------------------------------------------------------------------------
+# Depthwise convolution as a compiled custom call.
+
+
+def ffi_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                       rhs_dilation=None, dimension_numbers=None,
+                       feature_group_count=1, batch_group_count=1, precision=None,
+                       preferred_element_type=None):
+  """`lax.conv_general_dilated` for float32 depthwise 3x3 kernels (3, 3, 1, C), as the compiled
+  CPU kernel of `mobilenet.cpu_kernels`, forward and backward.
+
+  The kernel is float32 only: other dtypes (a bfloat16 model), other kernel sizes and pads
+  beyond 2 go to `shifted_depthwise_conv`, which passes anything but a depthwise conv on to lax.
+  """
+  channels = lhs.shape[-1] if lhs.ndim == 4 else None
+  supported = (
+      _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
+                  preferred_element_type)
+      and feature_group_count == channels and rhs.shape == (3, 3, 1, channels)
+      and lhs.dtype == rhs.dtype == jnp.float32)
+  if supported:
+    strides = tuple(int(s) for s in window_strides)
+    pads = _explicit_padding(padding, lhs.shape[1:3], (3, 3), strides)
+    supported = all(0 <= p <= 2 for pair in pads for p in pair)
+  if not supported:
+    return shifted_depthwise_conv(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
+  return _ffi_depthwise(lhs, rhs, strides, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _ffi_depthwise(x, kernel, strides, pads):
+  return cpu_kernels.depthwise3x3_forward(x, kernel, strides, pads)
+
+
+def _ffi_depthwise_fwd(x, kernel, strides, pads):
+  return cpu_kernels.depthwise3x3_forward(x, kernel, strides, pads), (x, kernel)
+
+
+def _ffi_depthwise_bwd(strides, pads, residuals, dy):
+  x, kernel = residuals
+  dx, dkernel_per_image = cpu_kernels.depthwise3x3_backward(x, kernel, dy, strides, pads)
+  return dx, jnp.sum(dkernel_per_image, axis=0)
+
+
+_ffi_depthwise.defvjp(_ffi_depthwise_fwd, _ffi_depthwise_bwd)
 
 
 # ----------------------------------------------------------------------------

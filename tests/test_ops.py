@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from mobilenet import model, ops
+from mobilenet import cpu_kernels, model, ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -20,6 +20,17 @@ def _grouped(x, kernel, strides, padding):
 def _shifted(x, kernel, strides, padding):
   return ops.shifted_depthwise_conv(x, kernel, strides, padding, dimension_numbers=NHWC,
                                     feature_group_count=x.shape[-1])
+
+
+def _ffi(x, kernel, strides, padding):
+  return ops.ffi_depthwise_conv(x, kernel, strides, padding, dimension_numbers=NHWC,
+                                feature_group_count=x.shape[-1])
+
+
+@pytest.fixture
+def compiled_kernel():
+  if not cpu_kernels.depthwise_available():
+    pytest.skip("the compiled CPU depthwise kernel did not build here (no C++ compiler?)")
 
 
 def _random(shape, seed):
@@ -72,6 +83,56 @@ def test_shifted_depthwise_matches_grouped(stride, size, channels, padding):
   kernel = _random((3, 3, 1, channels), seed=1)
   args = dict(strides=(stride, stride), padding=padding)
   _assert_same_values_and_grads(_shifted, _grouped, x, kernel, args, seed=2)
+
+
+# (batch, stride, spatial size, channels, padding): batch 1 and 3, odd and mixed sizes, channel
+# counts that are not multiples of a vector, and every padding the kernel takes.
+FFI_DEPTHWISE_CASES = [
+    (3, 1, (7, 7), 5, "SAME"),
+    (3, 2, (7, 7), 5, "SAME"),
+    (1, 1, (9, 5), 13, "SAME"),
+    (1, 2, (9, 5), 13, "SAME"),
+    (3, 2, (8, 8), 19, "SAME"),  # TF SAME at stride 2 on even sizes: no pad before, one after
+    (1, 1, (12, 10), 40, "SAME"),
+    (3, 2, (10, 6), 24, "SAME"),
+    (1, 1, (6, 9), 3, "VALID"),
+    (3, 2, (8, 7), 8, "VALID"),
+    (1, 2, (8, 7), 8, ((0, 2), (1, 0))),
+    (3, 1, (5, 6), 17, ((2, 0), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("batch, stride, size, channels, padding", FFI_DEPTHWISE_CASES)
+def test_ffi_depthwise_matches_grouped(compiled_kernel, batch, stride, size, channels, padding):
+  x = _random((batch, *size, channels), seed=20)
+  kernel = _random((3, 3, 1, channels), seed=21)
+  args = dict(strides=(stride, stride), padding=padding)
+  _assert_same_values_and_grads(_ffi, _grouped, x, kernel, args, seed=22)
+
+
+def test_ffi_depthwise_mixed_strides_and_a_large_layer(compiled_kernel):
+  """Strides (2, 1), and a MobileNet-sized layer whose rows are split into many work items."""
+  for shape, strides in (((2, 9, 10, 6), (2, 1)), ((2, 28, 28, 64), (1, 1))):
+    x = _random(shape, seed=23)
+    kernel = _random((3, 3, 1, shape[-1]), seed=24)
+    _assert_same_values_and_grads(_ffi, _grouped, x, kernel,
+                                  dict(strides=strides, padding="SAME"), seed=25)
+
+
+def test_ffi_depthwise_passes_other_dtypes_and_convolutions_on():
+  """bfloat16 goes to `shifted` (which accumulates in float32), dense kernels to lax."""
+  x = _random((2, 8, 8, 16), seed=26)
+  kernel = _random((3, 3, 1, 16), seed=27)
+  y = _ffi(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME")
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(y, np.float32),
+      np.asarray(_shifted(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME"),
+                 np.float32))
+  dense = _random((3, 3, 16, 5), seed=28)
+  np.testing.assert_allclose(
+      ops.ffi_depthwise_conv(x, dense, (1, 1), "SAME", dimension_numbers=NHWC),
+      lax.conv_general_dilated(x, dense, (1, 1), "SAME", dimension_numbers=NHWC), rtol=1e-6)
 
 
 def test_shifted_depthwise_mixed_strides_and_jit():
@@ -150,6 +211,9 @@ def test_auto_picks_by_backend(monkeypatch):
   resolved = lambda: (ops.resolve_depthwise_impl("auto"), ops.resolve_pointwise_impl("auto"),
                       ops.resolve_standard_impl("auto"))
   monkeypatch.setattr(ops, "_on_cpu", lambda: True)
+  monkeypatch.setattr(cpu_kernels, "depthwise_available", lambda: True)
+  assert resolved() == ("ffi", "matmul", "matmul_grad")
+  monkeypatch.setattr(cpu_kernels, "depthwise_available", lambda: False)
   assert resolved() == ("shifted", "matmul", "matmul_grad")
   monkeypatch.setattr(ops, "_on_cpu", lambda: False)
   assert resolved() == ("grouped", "conv", "conv")
@@ -196,10 +260,10 @@ def _model_logits_and_grads(impls, dtype, variant="dws"):
       variables, images)
 
 
-# `auto` is what training uses (shifted + matmul on CPU); matmul also alone, which with `auto`
-# pins down shifted too.
+# `auto` is what training uses (on CPU: ffi where the kernel builds, else shifted; matmul;
+# matmul_grad); shifted also explicitly, and matmul alone, which pin down the others.
 MODEL_IMPLS = [("grouped", "conv", "conv"), ("auto", "auto", "auto"),
-               ("grouped", "matmul", "conv")]
+               ("shifted", "auto", "auto"), ("grouped", "matmul", "conv")]
 
 
 def _assert_grads_close(grads, reference, name, tolerance):
@@ -223,10 +287,12 @@ def test_model_impls_share_training_mode_grads_in_float64():
   """Training-mode BatchNorm divides by batch spreads over as few as 16 values here (40 px: 20,
   10, 5, 3, 2 px, odd sizes at stride 2 included), which amplifies float32 rounding through 27
   layers by ~1e3 (the float32 grouped reference is itself ~1e-3 off float64). In float64 the
-  same comparison is tight; a misplaced tap or pad would be off by O(1)."""
+  same comparison is tight; a misplaced tap or pad would be off by O(1). (The compiled kernel
+  is float32 only: in float64 `auto` runs `shifted`, so the explicit `shifted` row is left out.)"""
+  impls = [impl for impl in MODEL_IMPLS if impl[0] != "shifted"]
   with jax.enable_x64(True):
-    expected, *others = _model_logits_and_grads(MODEL_IMPLS, jnp.float64)
-  for impl, actual in zip(MODEL_IMPLS[1:], others):
+    expected, *others = _model_logits_and_grads(impls, jnp.float64)
+  for impl, actual in zip(impls[1:], others):
     _assert_grads_close(actual[3], expected[3], f"{'/'.join(impl)} train-mode grad", 1e-8)
 
 
