@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
-from mobilenet import cli, train_lib
+from mobilenet import allocator, cli, train_lib
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:alpha=0.5]",
                                 lock_config=True)
@@ -29,5 +29,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
   flags.mark_flag_as_required("config")
   cli.run(main)

@@ -3,17 +3,20 @@
   python -m mobilenet.benchmark --config=configs/dws.py [--batch 32] [--resolution 128]
       [--steps N] [--ops] [--torch] [--json] [--variants=dws,conv]
 
-The training step is what training runs: forward in train mode (BatchNorm batch
-statistics, dropout), softmax cross-entropy, backward and an optax SGD-momentum
-update, jitted with the state donated. Compile time is reported apart and the
-timed steps follow a warm-up. Other jobs on a shared machine skew absolute
-numbers, so JAX and PyTorch (and the variants) are timed in alternating rounds
-and compared by their medians: ratios from one run are the figures to trust.
+The training step timed is the one train.py runs: `train_lib.Steps(...).train`, with the
+state, optimizer and schedule built by the same functions as `train_lib.train_and_evaluate`
+(loss with the config's label smoothing, weight decay, EMA, the finite-state check), on one
+batch kept on the device. The PyTorch twin uses the same optimizer (SGD, Nesterov momentum, L2
+weight decay on the same kernels) and loss. Compile time is reported apart and the timed steps
+follow a warm-up. Other jobs on a shared machine skew absolute numbers, so JAX and PyTorch
+(and the variants) are timed in alternating rounds and compared by their medians: ratios from
+one run are the figures to trust. Like train.py, it runs under tcmalloc where installed
+(mobilenet.allocator; MOBILENET_ALLOCATOR=system for glibc's malloc).
 """
 import contextlib
 import json
 import os
-import platform
+import resource
 import statistics
 import sys
 import time
@@ -27,7 +30,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import host_memory, model, ops, train_lib
+from mobilenet import allocator, model, ops, optim, train_lib
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -35,17 +38,18 @@ flags.DEFINE_integer("resolution", 0, "Input size in pixels; 0: config.data.reso
 flags.DEFINE_integer("steps", 10, "Timed steps per round, after the warm-up.")
 flags.DEFINE_integer("rounds", 3, "Rounds of timed steps, alternating JAX and PyTorch.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps before timing (after compilation).")
-flags.DEFINE_bool("ops", False, "Also time single ops: depthwise grouped vs shifted, 1x1 conv vs "
-                  "matmul, standard 3x3 conv vs matmul_grad.")
+flags.DEFINE_bool("ops", False, "Also time single ops: every depthwise implementation, 1x1 conv "
+                  "vs matmul, standard 3x3 conv vs matmul_grad.")
 flags.DEFINE_bool("torch", False, "Also run the same architecture in PyTorch (CPU, channels_last).")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
                   "default: config.model.variant. Other fields come from the config.")
-flags.DEFINE_bool("reuse_memory", False, "Restart under glibc malloc settings that reuse freed "
-                  "buffers (mobilenet.host_memory; train.py's opt-in, not its default).")
 FLAGS = flags.FLAGS
 
 OPS_SHAPE = (56, 56, 128)  # the issue's per-op shape: batch x 56 x 56 x 128
+# The learning-rate schedule spans config.train.num_epochs of Imagenette's train split, as in
+# training; only the learning rate's value depends on it, not the step's work.
+SCHEDULE_EXAMPLES = 9469
 
 
 # ----------------------------------------------------------------------------
@@ -93,78 +97,63 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _device_description() -> str:
-  device = jax.devices()[0]
-  if device.platform != "cpu":
-    return f"{device.platform}: {device.device_kind} x{jax.device_count()}"
-  name = platform.processor() or "cpu"
-  flags_seen = set()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-          flags_seen = set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags_seen]
-  return f"cpu: {name}, {_cores()} cores ({', '.join(isa) or 'no AVX2'})"
-
-
 # ----------------------------------------------------------------------------
 # JAX.
 
 
-class JaxModel:
-  """The jitted, compiled training step and inference of one model, with their inputs."""
+def benchmark_config(config: ml_collections.ConfigDict, batch: int,
+                     resolution: int) -> ml_collections.ConfigDict:
+  """The config with the benchmark's batch and resolution, as training would read them."""
+  config = config.copy_and_resolve_references()
+  config.train.global_batch_size = batch
+  config.data.resolution = resolution
+  return config
 
-  def __init__(self, net: model.MobileNet, batch: int, resolution: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    self.images = jnp.asarray(rng.standard_normal((batch, resolution, resolution, 3),
-                                                  dtype=np.float32)).astype(net.dtype)
-    self.labels = jnp.asarray(rng.integers(0, net.num_classes, batch), jnp.int32)
-    self.dropout_key = jax.random.key(seed + 1)
-    variables = jax.jit(lambda: net.init(jax.random.key(seed), self.images[:1]))()
-    self.tx = optax.sgd(learning_rate=0.01, momentum=0.9)
-    self.state = (variables["params"], variables["batch_stats"],
-                  self.tx.init(variables["params"]))
-    self.net = net
+
+class JaxModel:
+  """train.py's jitted, compiled training step and the inference of one model, with one batch.
+
+  The optimizer, schedule and state come from the functions train_lib.train_and_evaluate
+  builds them with, so the step timed is the step training runs.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, variant: str):
+    net = train_lib.build_model(config, variant)
+    batch, resolution = config.train.global_batch_size, config.data.resolution
+    mesh = train_lib.device_mesh()
+    steps_per_epoch, total_steps = optim.steps_for(SCHEDULE_EXAMPLES, batch,
+                                                   config.train.num_epochs)
+    schedule = optim.learning_rate_schedule(config.optimizer, global_batch_size=batch,
+                                            steps_per_epoch=steps_per_epoch,
+                                            total_steps=total_steps)
+    abstract_params = jax.eval_shape(
+        net.init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))["params"]
+    tx = optim.create_optimizer(config.optimizer, schedule, abstract_params)
+    self.state = train_lib.create_train_state(config, net, tx, mesh)
+    self.steps = train_lib.Steps(config, net, tx, mesh)
+    rng = np.random.default_rng(config.seed)
+    self.batch = self.steps.global_batch({
+        "image": rng.standard_normal((batch, resolution, resolution, 3), np.float32).astype(
+            jnp.dtype(config.data.image_dtype)),
+        "label": rng.integers(0, net.num_classes, batch, dtype=np.int32)})
 
     start = time.perf_counter()
-    self.train_step = jax.jit(self._train_step, donate_argnums=0).lower(
-        self.state, self.images, self.labels, self.dropout_key).compile()
+    self.train_step = self.steps.train.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    self.infer = jax.jit(lambda v, x: net.apply(v, x, train=False)).lower(
-        self._variables(), self.images).compile()
+    # As train_lib.measure_inference_speed: the weights evaluation uses.
+    self.infer = jax.jit(lambda state, images: net.apply(
+        {"params": state.ema_params, "batch_stats": state.batch_stats}, images,
+        train=False)).lower(self.state, self.batch["image"]).compile()
     self.infer_compile_s = time.perf_counter() - start
 
-  def _train_step(self, state, images, labels, dropout_key):
-    params, batch_stats, opt_state = state
-
-    def loss_fn(params):
-      logits, updates = self.net.apply(
-          {"params": params, "batch_stats": batch_stats}, images, train=True,
-          mutable=["batch_stats"], rngs={"dropout": dropout_key})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, updates["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = self.tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
   def train(self) -> None:
-    self.state, loss = self.train_step(self.state, self.images, self.labels, self.dropout_key)
-    jax.block_until_ready((self.state, loss))
-
-  def _variables(self):
-    # The training step donates the state, so inference reads the current one.
-    params, batch_stats, _ = self.state
-    return {"params": params, "batch_stats": batch_stats}
+    # The step donates the state: each call reads the one the previous call returned.
+    self.state, step_metrics = self.train_step(self.state, self.batch)
+    jax.block_until_ready((self.state, step_metrics))
 
   def predict(self) -> None:
-    jax.block_until_ready(self.infer(self._variables(), self.images))
+    jax.block_until_ready(self.infer(self.state, self.batch["image"]))
 
 
 # ----------------------------------------------------------------------------
@@ -183,30 +172,47 @@ def _import_torch():
 class TorchModel:
   """The architecture of `model.architecture()` in PyTorch, with its training step and inference.
 
-  PyTorch pads 3x3 convolutions symmetrically, TF-style 'SAME' pads stride-2
-  layers 0 before and 1 after: the output sizes and the work are the same.
+  The step mirrors train_lib's: cross-entropy with the config's label smoothing, SGD with
+  Nesterov momentum at the config's peak learning rate, weight decay as an L2 term on the
+  kernels optim.weight_decay_mask decays (not on depthwise kernels unless the config says so,
+  never on BatchNorm or biases) and the config's gradient clipping. PyTorch pads 3x3
+  convolutions symmetrically, TF-style 'SAME' pads stride-2 layers 0 before and 1 after: the
+  output sizes and the work are the same.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, variant: str, batch: int,
-               resolution: int, threads: int, seed: int = 0):
+  def __init__(self, config: ml_collections.ConfigDict, variant: str, threads: int):
     torch = self.torch = _import_torch()
     nn = torch.nn
-    torch.manual_seed(seed)
+    opt = config.optimizer
+    if opt.name != "sgd":
+      raise ValueError(f"--torch mirrors optimizer.name=sgd only; got {opt.name!r}")
+    torch.manual_seed(config.seed)
     torch.set_num_threads(threads)
     m = config.model
+    batch, resolution = config.train.global_batch_size, config.data.resolution
     *convs, classifier = model.architecture(variant, m.alpha, m.num_classes)
-    layers = []
+    layers, decayed, not_decayed = [], [], []
     for layer in convs:
-      layers += [
-          nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                    padding=layer.kernel_size // 2, groups=layer.groups, bias=False),
-          nn.BatchNorm2d(layer.out_channels, eps=m.bn_epsilon, momentum=1.0 - m.bn_momentum),
-          nn.ReLU(inplace=True),
-      ]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(m.dropout_rate),
-               nn.Linear(classifier.in_channels, classifier.out_channels)]
+      conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                       padding=layer.kernel_size // 2, groups=layer.groups, bias=False)
+      norm = nn.BatchNorm2d(layer.out_channels, eps=m.bn_epsilon, momentum=1.0 - m.bn_momentum)
+      depthwise = layer.groups > 1
+      (decayed if opt.weight_decay_on_depthwise or not depthwise else not_decayed).append(
+          conv.weight)
+      not_decayed += list(norm.parameters())
+      layers += [conv, norm, nn.ReLU(inplace=True)]
+    linear = nn.Linear(classifier.in_channels, classifier.out_channels)
+    decayed.append(linear.weight)
+    not_decayed.append(linear.bias)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(m.dropout_rate), linear]
     self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
-    self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
+    self.optimizer = torch.optim.SGD(
+        [{"params": decayed, "weight_decay": opt.weight_decay},
+         {"params": not_decayed, "weight_decay": 0.0}],
+        lr=optim.peak_learning_rate(opt, batch), momentum=opt.momentum,
+        nesterov=opt.nesterov and opt.momentum > 0)
+    self.label_smoothing = opt.label_smoothing
+    self.grad_clip_norm = opt.grad_clip_norm
     self.images = torch.randn(batch, 3, resolution, resolution).to(
         memory_format=torch.channels_last)
     self.labels = torch.randint(0, m.num_classes, (batch,))
@@ -222,8 +228,11 @@ class TorchModel:
     self.optimizer.zero_grad(set_to_none=True)
     with self._autocast():
       logits = self.net(self.images)
-    loss = self.torch.nn.functional.cross_entropy(logits.float(), self.labels)
+    loss = self.torch.nn.functional.cross_entropy(logits.float(), self.labels,
+                                                  label_smoothing=self.label_smoothing)
     loss.backward()
+    if self.grad_clip_norm > 0:
+      self.torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip_norm)
     self.optimizer.step()
 
   def predict(self) -> None:
@@ -236,7 +245,14 @@ class TorchModel:
 # Per-op timings.
 
 
-def _jax_op_timings(batch: int, dtype) -> dict[str, float]:
+def depthwise_impls() -> tuple[str, ...]:
+  """Every concrete depthwise implementation ops offers ("auto" only names one of them)."""
+  return tuple(impl for impl in ops.DEPTHWISE_IMPLS if impl != "auto")
+
+
+def _jax_op_timings(batch: int, dtype) -> tuple[dict[str, float], dict[str, str]]:
+  """(milliseconds per op row, why a row is missing): an implementation that cannot run on
+  this machine (say, an FFI kernel that was not built) is skipped with its error."""
   height, width, channels = OPS_SHAPE
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, height, width, channels), np.float32), dtype)
@@ -245,29 +261,33 @@ def _jax_op_timings(batch: int, dtype) -> dict[str, float]:
                                  dtype)
   standard_kernel = jnp.asarray(rng.standard_normal((3, 3, channels, channels), np.float32), dtype)
   numbers = ("NHWC", "HWIO", "NHWC")
-  timings = {}
-  cases = [("depthwise_s1", "grouped", ops.depthwise_conv_fn("grouped"), depthwise_kernel, 1),
-           ("depthwise_s1", "shifted", ops.depthwise_conv_fn("shifted"), depthwise_kernel, 1),
-           ("depthwise_s2", "grouped", ops.depthwise_conv_fn("grouped"), depthwise_kernel, 2),
-           ("depthwise_s2", "shifted", ops.depthwise_conv_fn("shifted"), depthwise_kernel, 2),
-           ("pointwise", "conv", ops.pointwise_conv_fn("conv"), pointwise_kernel, 1),
-           ("pointwise", "matmul", ops.pointwise_conv_fn("matmul"), pointwise_kernel, 1),
-           ("standard_s1", "conv", ops.standard_conv_fn("conv"), standard_kernel, 1),
-           ("standard_s1", "matmul_grad", ops.standard_conv_fn("matmul_grad"), standard_kernel, 1)]
-  for op, impl, conv, kernel, stride in cases:
+  cases = [(f"depthwise_s{stride}", impl, lambda impl=impl: ops.depthwise_conv_fn(impl),
+            depthwise_kernel, stride) for stride in (1, 2) for impl in depthwise_impls()]
+  cases += [("pointwise", impl, lambda impl=impl: ops.pointwise_conv_fn(impl), pointwise_kernel, 1)
+            for impl in ("conv", "matmul")]
+  cases += [("standard_s1", impl, lambda impl=impl: ops.standard_conv_fn(impl), standard_kernel, 1)
+            for impl in ("conv", "matmul_grad")]
+  timings, skipped = {}, {}
+  for op, impl, conv_fn, kernel, stride in cases:
     groups = channels if op.startswith("depthwise") else 1
-    apply = lambda x, k, conv=conv, stride=stride, groups=groups: conv(
-        x, k, (stride, stride), "SAME", dimension_numbers=numbers, feature_group_count=groups)
-    cotangent = jnp.ones(jax.eval_shape(apply, x, kernel).shape, dtype)
-    forward = jax.jit(apply)
-    backward = jax.jit(jax.grad(
-        lambda x, k, apply=apply, cotangent=cotangent: jnp.sum(
-            (apply(x, k) * cotangent).astype(jnp.float32)), argnums=(0, 1)))
+    try:
+      conv = conv_fn()
+      apply = lambda x, k, conv=conv, stride=stride, groups=groups: conv(
+          x, k, (stride, stride), "SAME", dimension_numbers=numbers, feature_group_count=groups)
+      cotangent = jnp.ones(jax.eval_shape(apply, x, kernel).shape, dtype)
+      forward = jax.jit(apply)
+      backward = jax.jit(jax.grad(
+          lambda x, k, apply=apply, cotangent=cotangent: jnp.sum(
+              (apply(x, k) * cotangent).astype(jnp.float32)), argnums=(0, 1)))
+      jax.block_until_ready((forward(x, kernel), backward(x, kernel)))
+    except Exception as error:  # pylint: disable=broad-except  (unavailable here: note, go on)
+      skipped[f"{op}_{impl}"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+      continue
     timings[f"{op}_{impl}_fwd_ms"] = _time_op(
         lambda forward=forward: jax.block_until_ready(forward(x, kernel)))
     timings[f"{op}_{impl}_fwd_bwd_ms"] = _time_op(
         lambda backward=backward: jax.block_until_ready(backward(x, kernel)))
-  return timings
+  return timings, skipped
 
 
 def _torch_op_timings(batch: int, threads: int, bfloat16: bool) -> dict[str, float]:
@@ -307,17 +327,15 @@ def _median_rate(seconds: list[float], batch: int) -> float:
   return batch / statistics.median(seconds)
 
 
-def measure(config: ml_collections.ConfigDict, variants: list[str], batch: int,
-            resolution: int, steps: int, rounds: int, warmup: int, with_torch: bool,
-            threads: int) -> dict[str, dict[str, Any]]:
+def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, rounds: int,
+            warmup: int, with_torch: bool, threads: int) -> dict[str, dict[str, Any]]:
   """Images/s per variant (and framework), from alternating rounds of timed steps."""
+  batch = config.train.global_batch_size
   runners = {}
   for variant in variants:
-    jax_model = JaxModel(train_lib.build_model(config, variant), batch, resolution, config.seed)
-    runners[variant, "jax"] = jax_model
+    runners[variant, "jax"] = JaxModel(config, variant)
     if with_torch:
-      runners[variant, "torch"] = TorchModel(config, variant, batch, resolution, threads,
-                                             config.seed)
+      runners[variant, "torch"] = TorchModel(config, variant, threads)
   for runner in runners.values():
     _timed_calls(runner.train, warmup)
     _timed_calls(runner.predict, warmup)
@@ -355,6 +373,12 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], batch: int,
   return results
 
 
+def peak_rss_bytes() -> int:
+  """The process's peak resident size so far (Linux reports kilobytes, macOS bytes)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak if sys.platform == "darwin" else peak * 1024
+
+
 def check_config(config: ml_collections.ConfigDict, variants: list[str]) -> None:
   """One-line ValueErrors naming the bad field, before anything compiles."""
   for variant in variants:
@@ -373,7 +397,8 @@ def check_config(config: ml_collections.ConfigDict, variants: list[str]) -> None
       raise ValueError(f"config.model.{error}") from None
 
 
-def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decision | None = None
+        ) -> dict[str, Any]:
   batch, steps, rounds = FLAGS.batch, FLAGS.steps, FLAGS.rounds
   resolution = FLAGS.resolution or config.data.resolution
   variants = FLAGS.variants or [config.model.variant]
@@ -382,11 +407,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if value < least:
       raise ValueError(f"--{name} must be >= {least}; got {value}")
   check_config(config, variants)
+  config = benchmark_config(config, batch, resolution)
   if FLAGS.torch:
     _import_torch()
   threads = _cores()
   report = {
-      "device": _device_description(),
+      "device": train_lib.device_description(),
       "jax": jax.__version__,
       "threads": threads,
       "load_average_start": _load_average(),
@@ -395,26 +421,35 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "batch": batch,
       "resolution": resolution,
       "dtype": config.model.dtype,
+      "optimizer": config.optimizer.name,
+      # Which implementation the config's choice (often "auto") stands for on this backend.
+      "depthwise_impl_config": config.model.depthwise_impl,
       "depthwise_impl": ops.resolve_depthwise_impl(config.model.depthwise_impl),
+      "pointwise_impl_config": config.model.pointwise_impl,
       "pointwise_impl": ops.resolve_pointwise_impl(config.model.pointwise_impl),
+      "standard_impl_config": config.model.standard_impl,
       "standard_impl": ops.resolve_standard_impl(config.model.standard_impl),
+      "allocator": allocator_decision.allocator if allocator_decision else "unknown",
+      "allocator_log": allocator.log_line(allocator_decision) if allocator_decision else "",
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if FLAGS.torch:
     report["torch"] = _import_torch().__version__
-  results = measure(config, variants, batch, resolution, steps, rounds, FLAGS.warmup,
-                    FLAGS.torch, threads)
+  results = measure(config, variants, steps, rounds, FLAGS.warmup, FLAGS.torch, threads)
   report.update(results[variants[0]])
   if len(variants) > 1:
     report["variants"] = results
   if FLAGS.ops:
     dtype = jnp.dtype(config.model.dtype)
     report["ops_shape"] = [batch, *OPS_SHAPE]
-    report["ops"] = _jax_op_timings(batch, dtype)
+    report["ops"], skipped = _jax_op_timings(batch, dtype)
+    if skipped:
+      report["ops_skipped"] = skipped
     if FLAGS.torch:
       report["ops"].update(_torch_op_timings(batch, threads, config.model.dtype == "bfloat16"))
   report["load_average_end"] = _load_average()
+  report["peak_rss_bytes"] = peak_rss_bytes()
   return report
 
 
@@ -423,9 +458,14 @@ def _print_text(report: dict[str, Any]) -> None:
         + (f", torch {report['torch']}" if "torch" in report else "")
         + f"; {report['threads']} threads; load average {report['load_average_start']} -> "
         f"{report['load_average_end']}")
+  impls = ", ".join(
+      f"{layer}={report[f'{layer}_impl']}"
+      + (f" ({report[f'{layer}_impl_config']})"
+         if report[f"{layer}_impl_config"] != report[f"{layer}_impl"] else "")
+      for layer in ("depthwise", "pointwise", "standard"))
   print(f"model: alpha={report['alpha']} {report['resolution']} px, batch {report['batch']}, "
-        f"{report['dtype']}, depthwise={report['depthwise_impl']}, "
-        f"pointwise={report['pointwise_impl']}, standard={report['standard_impl']}"
+        f"{report['dtype']}, {report['optimizer']}; {impls}")
+  print(f"memory: {report['allocator']} allocator, peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB"
         + (f", GLIBC_TUNABLES={report['glibc_tunables']}" if report["glibc_tunables"] else "")
         + (f", XLA_FLAGS={report['xla_flags']}" if report["xla_flags"] else ""))
   results = report.get("variants", {report["variant"]: report})
@@ -452,22 +492,23 @@ def _print_text(report: dict[str, Any]) -> None:
     print(f"ops at {'x'.join(map(str, report['ops_shape']))}, ms fwd / fwd+bwd:")
     for op in ("depthwise_s1", "depthwise_s2", "pointwise", "standard_s1"):
       parts = []
-      for impl in ("grouped", "shifted", "conv", "matmul", "matmul_grad", "torch"):
-        if f"{op}_{impl}_fwd_ms" in timings:
-          parts.append(f"{impl} {timings[f'{op}_{impl}_fwd_ms']:.1f} / "
-                       f"{timings[f'{op}_{impl}_fwd_bwd_ms']:.1f}")
+      for key in timings:  # in the order measured: ours, then PyTorch's
+        impl = key.removeprefix(f"{op}_").removesuffix("_fwd_ms")
+        if key.startswith(f"{op}_") and key.endswith("_fwd_ms"):  # not _fwd_bwd_ms
+          parts.append(f"{impl} {timings[key]:.1f} / {timings[f'{op}_{impl}_fwd_bwd_ms']:.1f}")
       print(f"  {op:13s} " + "   ".join(parts))
+    for row, why in report.get("ops_skipped", {}).items():
+      print(f"  skipped {row}: {why}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.reuse_memory:
-    host_memory.restart_with_reused_memory()
+  decision = allocator.use_fast_allocator()  # re-executes once where tcmalloc is installed
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    report = run(FLAGS.config)
+    report = run(FLAGS.config, decision)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)

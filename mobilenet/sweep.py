@@ -11,10 +11,8 @@ A row whose result (or unfinished run) was made with settings that change what i
 say after an edit of configs/base.py, stops the sweep with the first differing field, so that
 no table mixes two protocols; `--dry-run` lists such rows as stale.
 
-Rows train with glibc's malloc set to reuse freed buffers (mobilenet.host_memory): on a CPU
-that makes MobileNet's steps about 1.4x faster, for about twice the peak memory (13.4 GB
-against 6.3 GB, measured for MobileNet-1.0 at 128 px). Set GLIBC_TUNABLES (to an empty
-string for glibc's defaults) to choose.
+Each row's train.py picks its malloc itself (mobilenet.allocator: tcmalloc where installed;
+MOBILENET_ALLOCATOR=system for glibc's).
 """
 import argparse
 import dataclasses
@@ -28,7 +26,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from mobilenet import host_memory, report
+from mobilenet import report
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = PROJECT_ROOT / "results"
@@ -137,7 +135,6 @@ def train(row: Row, extra_flags: list[str]) -> None:
              *extra_flags]
   print("$ " + " ".join(command), flush=True)
   environment = dict(os.environ)
-  environment.setdefault("GLIBC_TUNABLES", host_memory.REUSE_MEMORY_TUNABLES)
   subprocess.run(command, cwd=PROJECT_ROOT, check=True, env=environment)
   destination = RESULTS / "runs" / row.name
   destination.mkdir(parents=True, exist_ok=True)

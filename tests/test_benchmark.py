@@ -1,0 +1,94 @@
+"""The benchmark times the training step train.py runs, names what it ran with, and reports its
+memory; no timings are asserted (a shared machine makes them meaningless)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mobilenet import allocator, benchmark, ops, optim, train_lib
+from configs import dws
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+  config = dws.get_config("alpha=0.25")
+  return benchmark.benchmark_config(config, batch=2, resolution=32)
+
+
+def test_every_concrete_depthwise_implementation_gets_a_row():
+  assert benchmark.depthwise_impls() == tuple(i for i in ops.DEPTHWISE_IMPLS if i != "auto")
+  assert "shifted" in benchmark.depthwise_impls() and "grouped" in benchmark.depthwise_impls()
+
+
+def test_the_jax_step_is_train_libs_built_as_training_builds_it(monkeypatch):
+  """Spies on the functions train_and_evaluate uses: the benchmark must call them, not copies."""
+  called = []
+
+  def spy(module, name):
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+      called.append(name)
+      return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+  for module, name in ((optim, "learning_rate_schedule"), (optim, "create_optimizer"),
+                       (train_lib, "create_train_state"), (train_lib, "Steps")):
+    spy(module, name)
+  jax_model = benchmark.JaxModel(_tiny_config(), "dws")
+  assert called == ["learning_rate_schedule", "create_optimizer", "create_train_state", "Steps"]
+  jax_model.train()
+  jax_model.train()
+  assert isinstance(jax_model.state, train_lib.TrainState)
+  assert int(jax_model.state.step) == 2  # the state train.py checkpoints, advanced per step
+  jax_model.predict()
+
+
+def test_the_torch_twin_decays_the_kernels_our_mask_decays():
+  torch = pytest.importorskip("torch")
+  config = _tiny_config()
+  twin = benchmark.TorchModel(config, "dws", threads=1)
+  decayed, spared = twin.optimizer.param_groups
+  assert decayed["weight_decay"] == config.optimizer.weight_decay and spared["weight_decay"] == 0
+  assert decayed["nesterov"] and decayed["momentum"] == config.optimizer.momentum
+  assert decayed["lr"] == optim.peak_learning_rate(config.optimizer, 2)
+  # One decayed tensor per conv or dense kernel optax decays, of the same sizes.
+  net = train_lib.build_model(config)
+  params = net.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
+  mask = optim.weight_decay_mask(params, decay_depthwise=False)
+  ours = sorted(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(params),
+                                                      jax.tree.leaves(mask)) if m)
+  theirs = sorted(p.numel() for p in decayed["params"])
+  assert ours == theirs
+  assert isinstance(twin.net[-1], torch.nn.Linear)
+  twin.train()
+
+
+def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
+  environment = {k: v for k, v in os.environ.items() if k != allocator.CHOICE_VARIABLE}
+  environment["JAX_PLATFORMS"] = "cpu"
+  process = subprocess.run(
+      [sys.executable, "-m", "mobilenet.benchmark", "--config=configs/dws.py:alpha=0.25",
+       "--batch=4", "--resolution=32", "--steps=1", "--rounds=1", "--warmup=0", "--json"],
+      cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=environment)
+  assert process.returncode == 0, process.stderr[-2000:]
+  report = json.loads(process.stdout.strip().splitlines()[-1])
+  for key in ("train_images_per_s", "infer_images_per_s", "peak_rss_bytes", "allocator",
+              "depthwise_impl", "depthwise_impl_config", "device"):
+    assert key in report, key
+  assert "torch_train_images_per_s" not in report
+  assert report["train_images_per_s"] > 0 and report["infer_images_per_s"] > 0
+  assert report["peak_rss_bytes"] > 2**20
+  assert report["depthwise_impl_config"] == "auto"
+  assert report["depthwise_impl"] == ops.resolve_depthwise_impl("auto")
+  assert report["device"] == train_lib.device_description()
+  allocator_lines = [line for line in process.stderr.splitlines() if line.startswith("allocator:")]
+  assert allocator_lines == [report["allocator_log"]]  # one line, in the process that ran
+  expected = allocator.decide(environment, linux=sys.platform.startswith("linux"), cpu_only=True)
+  assert report["allocator"] == expected.allocator
