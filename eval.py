@@ -1,6 +1,10 @@
 """Evaluates a checkpoint on the full validation split and writes `<workdir>/eval_results.json`.
 
-    python eval.py --config=configs/dws.py --workdir=runs/dws [--step=N]
+    python eval.py --workdir=runs/dws [--step=N] [--config.data.folder=...] [--resolution=N]
+
+The model, its resolution and the data come from the config saved in the checkpoint;
+`--config.<field>` flags change what does not change the model (data folder, split, batch
+size). A flag or `--config` file that contradicts the checkpoint's model is refused.
 """
 import os
 
@@ -9,22 +13,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
-from mobilenet import cli, train_lib
+from mobilenet import allocator, cli, train_lib
 
-config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "dws.py"),
+    "Optional: checked against the checkpoint's config, which is the one used", lock_config=True)
 flags.DEFINE_string("workdir", None, "The training run's workdir")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest)")
+flags.DEFINE_integer("resolution", None, "Evaluate at this input resolution instead of the "
+                     "trained one, deliberately: written to eval_results_r<N>.json")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config, workdir = cli.prepare(FLAGS.config, FLAGS.workdir, for_training=False)
+  config, workdir = cli.prepare_evaluation(FLAGS["config"], FLAGS.workdir, step=FLAGS.step,
+                                           resolution=FLAGS.resolution)
   train_lib.evaluate_checkpoint(config, workdir, FLAGS.step)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
+  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
+  flags.mark_flag_as_required("workdir")
   cli.run(main)

@@ -12,6 +12,9 @@ SUBDIRECTORY = "checkpoints"
 # Fields that decide the shapes of the parameters or of the optimizer state: a checkpoint can
 # only be restored into a run that agrees on them.
 MODEL_FIELDS = ("model.variant", "model.alpha", "model.num_classes")
+# Fields that also decide what evaluating a checkpoint computes: eval.py takes them from the
+# checkpoint and refuses a flag or config file that says otherwise.
+EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "data.resolution")
 
 
 def _lookup(config: dict, dotted: str):

@@ -12,7 +12,9 @@ import time
 import jax
 import ml_collections
 from absl import app, flags, logging
+from ml_collections import config_flags
 
+from configs import base
 from mobilenet import checkpoints, costs, data, model, ops, optim, train_lib
 
 DTYPES = ("float32", "bfloat16")
@@ -109,6 +111,74 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None, *,
     check_writable(workdir)
   elif not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist")
+  return config, workdir
+
+
+def _lookup(config, dotted: str):
+  value = config
+  for part in dotted.split("."):
+    value = value.get(part) if hasattr(value, "get") else None
+  return value
+
+
+def _update_known_fields(config: ml_collections.ConfigDict, saved: dict) -> None:
+  """Copies the saved values of the fields this code still has (older runs may lack some)."""
+  for key, value in saved.items():
+    if key not in config:
+      continue
+    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      _update_known_fields(config[key], value)
+    elif value is not None:
+      config[key] = type(config[key])(value) if isinstance(config[key], float) else value
+
+
+def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides: dict,
+                      resolution: int | None = None) -> ml_collections.ConfigDict:
+  """The config a checkpoint is evaluated with: the one it was trained with, changed only where
+  the command line asks (data location, split, batch size, implementations, ...).
+
+  A config file or flag that contradicts the trained model or its resolution is refused;
+  `resolution` evaluates at another resolution deliberately.
+  """
+  config = base.get_base_config()
+  _update_known_fields(config, saved)
+  trained = {field: _lookup(config, field) for field in checkpoints.EVALUATION_FIELDS}
+  hint = "; eval.py reads the model from the checkpoint, so --config can be left out"
+  if file_config is not None:
+    for field, value in trained.items():
+      if _lookup(file_config, field) != value:
+        raise ValueError(f"--config: {field} is {_lookup(file_config, field)!r} there, but the "
+                         f"checkpoint in {workdir} was trained with {field}={value!r}{hint}")
+  for field, value in overrides.items():
+    if field in trained and value != trained[field]:
+      extra = (" (--resolution=N evaluates at another resolution deliberately)"
+               if field == "data.resolution" else "")
+      raise ValueError(f"--config.{field}={value!r}: the checkpoint in {workdir} was trained "
+                       f"with {field}={trained[field]!r}{extra}")
+    config.update_from_flattened_dict({field: value})
+  if resolution:
+    config.data.resolution = int(resolution)
+  return config
+
+
+def prepare_evaluation(config_flag, workdir: str, *, step: int | None,
+                       resolution: int | None) -> tuple[ml_collections.ConfigDict, str]:
+  """eval.py's config from the checkpoint in `workdir` and the command line (see above)."""
+  train_lib.initialize_distributed(config_flag.value)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"workdir {workdir} does not exist")
+  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    if checkpointer.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with "
+                              f"train.py --workdir={workdir}")
+    saved = checkpointer.saved_config(step)
+  finally:
+    checkpointer.close()
+  config = evaluation_config(
+      saved, workdir, file_config=config_flag.value if config_flag.present else None,
+      overrides=config_flags.get_override_values(config_flag), resolution=resolution)
+  check_config(config)
   return config, workdir
 
 

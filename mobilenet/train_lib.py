@@ -189,7 +189,20 @@ def measure_inference_speed(net, state: TrainState, config, *, batch_size: int =
   return count * batch_size / (time.perf_counter() - start)
 
 
-def write_eval_results(workdir: str, config, step: int, results: dict, **extra) -> dict:
+def read_eval_results(path: str) -> dict:
+  """The record in an eval_results.json, or {} where there is none (or it is not a record)."""
+  try:
+    with open(path, encoding="utf-8") as results:
+      record = json.load(results)
+  except (OSError, ValueError):
+    return {}
+  return record if isinstance(record, dict) else {}
+
+
+def write_eval_results(workdir: str, config, step: int, results: dict, *,
+                       filename: str = EVAL_RESULTS_FILE, merge: bool = False, **extra) -> dict:
+  """Writes the evaluation record; with `merge`, keeps what the file held that this evaluation
+  does not measure (training time and speed, exported-model figures)."""
   cost = costs.count(config.model.variant, config.model.alpha, config.data.resolution,
                      config.model.num_classes)
   record = {
@@ -203,8 +216,14 @@ def write_eval_results(workdir: str, config, step: int, results: dict, **extra) 
       "step": int(step), "seed": config.seed, "device": device_description(),
       **extra,
   }
+  path = os.path.join(workdir, filename)
+  if merge:
+    previous = read_eval_results(path)
+    if "train_wall_s" in previous and previous.get("device") != record["device"]:
+      record.setdefault("train_device", previous.get("train_device", previous.get("device")))
+    record = {**previous, **record}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVAL_RESULTS_FILE), "w", encoding="utf-8") as out:
+    with open(path, "w", encoding="utf-8") as out:
       json.dump(record, out, indent=2)
   return record
 
@@ -401,7 +420,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict:
-  """Restores a checkpoint (the latest by default), evaluates it, writes eval_results.json."""
+  """Restores a checkpoint (the latest by default), evaluates it, writes eval_results.json.
+
+  The record is merged into the run's file, so what training measured stays; an evaluation at
+  another resolution than the trained one goes to eval_results_r<N>.json instead.
+  """
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                          read_only=True)
   try:
@@ -409,8 +432,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with "
                               f"train.py --workdir={workdir}")
     step = checkpointer.latest_step() if step is None else step
-    checkpoints.check_compatible(checkpointer.saved_config(step), config.to_dict(), workdir,
-                                 for_training=False)
+    saved = checkpointer.saved_config(step)
+    checkpoints.check_compatible(saved, config.to_dict(), workdir, for_training=False)
+    trained_resolution = saved.get("data", {}).get("resolution", config.data.resolution)
     mesh = device_mesh()
     net = build_model(config)
     # The optimizer only shapes the state to restore into; any schedule will do.
@@ -422,10 +446,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     steps = Steps(config, net, tx, mesh)
     results = evaluate(steps, state, config)
     speed = measure_inference_speed(net, state, config)
-    record = write_eval_results(workdir, config, step, results, infer_images_per_s=speed)
+    if config.data.resolution == trained_resolution:
+      record = write_eval_results(workdir, config, step, results, merge=True,
+                                  infer_images_per_s=speed)
+    else:
+      record = write_eval_results(workdir, config, step, results,
+                                  filename=f"eval_results_r{config.data.resolution}.json",
+                                  infer_images_per_s=speed, trained_resolution=trained_resolution)
     metrics.console(f"step {step}: top-1 {100 * results['top1']:.2f}%  "
-                    f"top-5 {100 * results['top5']:.2f}% on {results['count']} examples; "
-                    f"{speed:.0f} images/s inference")
+                    f"top-5 {100 * results['top5']:.2f}% on {results['count']} examples at "
+                    f"{config.data.resolution} px; {speed:.0f} images/s inference")
     return record
   finally:
     checkpointer.close()
