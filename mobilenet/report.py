@@ -8,10 +8,18 @@ DIR/results.md (one table per dataset, one row per model, then every run),
 DIR/results.json (the same rows, machine-readable) and
 DIR/accuracy_vs_mult_adds.png.
 
-Runs of one model (same dataset, variant, alpha and resolution; e.g. several
-seeds) are merged into one row: the mean, ± half the range (max - min) / 2,
-so that mean ± spread covers every run; with two seeds the sample standard
-deviation would be a poor estimate, the half range is exact about what was seen.
+A workdir without eval_results.json yet (a run still training) is skipped with
+one warning line; the report fails only when no finished run remains.
+
+Runs of one model (same dataset, variant, alpha and resolution) trained under
+the same protocol (e.g. several seeds) are merged into one row: the mean, ±
+half the range (max - min) / 2, so that mean ± spread covers every run; with
+two seeds the sample standard deviation would be a poor estimate, the half range
+is exact about what was seen. The protocol is every setting of the run's
+config.json (beside its eval_results.json) that changes what it measures, all
+but the seed and BOOKKEEPING_FIELDS, with the step and split it was evaluated
+at: runs of one model under different protocols stay separate rows, each named
+with the settings that tell it apart.
 """
 import argparse
 import collections
@@ -25,6 +33,7 @@ from typing import Any, Iterable, Optional, Sequence
 from mobilenet.metrics import format_duration
 
 RESULTS_FILENAME = "eval_results.json"
+CONFIG_FILENAME = "config.json"  # what train.py trained the run with, beside its results
 MARKDOWN_FILENAME = "results.md"
 JSON_FILENAME = "results.json"
 PLOT_FILENAME = "accuracy_vs_mult_adds.png"
@@ -42,6 +51,18 @@ REQUIRED_KEYS = {
     "infer_images_per_s": NUMBER, "device": str,
 }
 OPTIONAL_KEYS = {"seed": int, "train_wall_s": NUMBER, "train_images_per_s": NUMBER, "name": str}
+
+# Where the data and runs live, how often to log, evaluate or save, and which implementation
+# computes the same function: runs that differ only there measure the same thing.
+BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.prefetch_batches",
+                      "data.on_corrupt", "model.depthwise_impl", "model.pointwise_impl",
+                      "model.standard_impl", "train.eval_batch_size", "train.log_every_steps",
+                      "train.eval_every_steps", "train.checkpoint_every_steps",
+                      "train.keep_checkpoints", "train.inference_benchmark_s", "distributed")
+SEED_FIELD = "seed"
+# What eval_results.json records about how a run was measured that its config.json may not
+# (eval.py can evaluate an earlier checkpoint, or another split, of the same run).
+MEASUREMENT_KEYS = ("step", "eval_split")
 
 PAPER_BASE_RESOLUTION = 224
 # The paper's resolution ladder is 224/192/160/128, steps of 32 px. A run's
@@ -96,6 +117,10 @@ class Run:
   seed: Optional[int] = None
   train_wall_s: Optional[float] = None
   train_images_per_s: Optional[float] = None
+  # protocol_settings of its config.json and its MEASUREMENT_KEYS; has_config: whether a
+  # config.json was there at all (without one, the training settings are unknown).
+  settings: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+  has_config: bool = dataclasses.field(default=False, compare=False, repr=False)
 
   @property
   def model_key(self) -> tuple:
@@ -117,20 +142,66 @@ class ModelRow:
   params: int
   infer_images_per_s_mean: float
   paper: Optional[PaperRow]
+  # The settings that tell this row from other rows of the same model; empty when it has none.
+  protocol: dict = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- protocol
+
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+  """{"train": {"num_epochs": 10}} -> {"train.num_epochs": 10}: the names flags use."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def protocol_settings(config: dict, ignoring: Sequence[str] = ()) -> dict:
+  """The flattened fields of a run's config that change what it measures: all but
+  BOOKKEEPING_FIELDS and `ignoring` (a field, or a section with all its fields)."""
+  ignored = (*BOOKKEEPING_FIELDS, *ignoring)
+  return {field: value for field, value in flatten_config(config).items()
+          if not any(field == name or field.startswith(name + ".") for name in ignored)}
+
+
+def differing_fields(first: dict, second: dict) -> list[str]:
+  """The fields of two protocol_settings that both set to different values, in `second`'s
+  order. A field only one of them has (added to the configs later) is not a difference."""
+  return [field for field in second if field in first and first[field] != second[field]]
 
 
 # ---------------------------------------------------------------- load
 
-def results_file(path: pathlib.Path) -> pathlib.Path:
-  """The eval_results.json that a command-line PATH stands for."""
+def results_file(path: pathlib.Path) -> Optional[pathlib.Path]:
+  """The eval_results.json that a command-line PATH stands for; None for a workdir that has
+  none yet (a run still training)."""
   if path.is_dir():
     candidate = path / RESULTS_FILENAME
-    if not candidate.is_file():
-      raise ReportError(f"{path}: no {RESULTS_FILENAME} in this directory (run not finished?)")
-    return candidate
+    return candidate if candidate.is_file() else None
   if not path.exists():
     raise ReportError(f"{path}: no such file or directory")
   return path
+
+
+def load_settings(source: pathlib.Path, record: dict) -> tuple[dict, bool]:
+  """The run's protocol: its config.json's settings (but the seed) and how it was measured."""
+  measured = {key: record[key] for key in MEASUREMENT_KEYS if record.get(key) is not None}
+  config_path = source.parent / CONFIG_FILENAME
+  if not config_path.is_file():
+    return measured, False
+  try:
+    config = json.loads(config_path.read_text())
+  except json.JSONDecodeError as error:
+    raise ReportError(f"{config_path}: not valid JSON (line {error.lineno}, column "
+                      f"{error.colno}: {error.msg})") from None
+  except (OSError, UnicodeDecodeError) as error:
+    raise ReportError(f"{config_path}: cannot read ({error})") from None
+  if not isinstance(config, dict):
+    raise ReportError(f"{config_path}: expected one JSON object, got {type(config).__name__}")
+  return {**protocol_settings(config, ignoring=(SEED_FIELD,)), **measured}, True
 
 
 def is_of_type(value: Any, expected) -> bool:
@@ -176,7 +247,7 @@ def parse_run(record: Any, source: pathlib.Path) -> Run:
 
 
 def load_run(source: pathlib.Path) -> Run:
-  """Reads and checks one eval_results.json."""
+  """Reads and checks one eval_results.json, and the config.json beside it."""
   try:
     record = json.loads(source.read_text())
   except json.JSONDecodeError as error:
@@ -184,18 +255,26 @@ def load_run(source: pathlib.Path) -> Run:
                       f"{error.msg})") from None
   except (OSError, UnicodeDecodeError) as error:
     raise ReportError(f"{source}: cannot read ({error})") from None
-  return parse_run(record, source)
+  run = parse_run(record, source)
+  settings, has_config = load_settings(source, record)
+  return dataclasses.replace(run, settings=settings, has_config=has_config)
 
 
-def load_runs(paths: Iterable[pathlib.Path]) -> list[Run]:
-  """One Run per distinct file; a workdir named twice (or with its file) counts once."""
-  runs, seen = [], set()
+def load_runs(paths: Iterable[pathlib.Path]) -> tuple[list[Run], list[pathlib.Path]]:
+  """One Run per distinct file (a workdir named twice, or with its file, counts once), and
+  the workdirs skipped because they have no results yet."""
+  runs, skipped, seen = [], [], set()
   for path in paths:
     source = results_file(path)
-    if source.resolve() not in seen:
+    if source is None:
+      skipped.append(path)
+    elif source.resolve() not in seen:
       seen.add(source.resolve())
       runs.append(load_run(source))
-  return runs
+  if not runs:
+    raise ReportError(f"no finished run to report: {', '.join(map(str, skipped))} "
+                      f"{'has' if len(skipped) == 1 else 'have'} no {RESULTS_FILENAME} yet")
+  return runs, skipped
 
 
 # ---------------------------------------------------------------- aggregate
@@ -242,14 +321,67 @@ def the_same(runs: Sequence[Run], key: str, name: str):
   return values.pop()
 
 
+def same_protocol(first: Run, second: Run) -> bool:
+  """Whether two runs of one model measure the same thing, so that they may merge as seeds.
+  A run without a config.json merges only with others that lack one too."""
+  return (first.has_config == second.has_config
+          and not differing_fields(first.settings, second.settings))
+
+
+def protocol_groups(runs: Sequence[Run]) -> list[list[Run]]:
+  """The runs of one model split into groups of one protocol, each run in the first group
+  all of whose runs share its protocol."""
+  groups = []
+  for run in sorted(runs, key=lambda run: run.source):
+    group = next((group for group in groups
+                  if all(same_protocol(run, member) for member in group)), None)
+    if group is None:
+      groups.append([run])
+    else:
+      group.append(run)
+  return groups
+
+
+def distinguishing_settings(groups: Sequence[Sequence[Run]]) -> list[dict]:
+  """For each group of one model, the settings in which it differs from another group:
+  {} for a single group; {"config.json": "missing"} for runs whose settings are unknown."""
+  if len(groups) == 1:
+    return [{}]
+  fields = []
+  for index, group in enumerate(groups):
+    for other in groups[index + 1:]:
+      fields += [field for field in differing_fields(other[0].settings, group[0].settings)
+                 if field not in fields]
+  labels = []
+  for group in groups:
+    settings = group[0].settings
+    label = {field: settings[field] for field in sorted(fields) if field in settings}
+    if not group[0].has_config:
+      label = {CONFIG_FILENAME: "missing", **label}
+    labels.append(label)
+  return labels
+
+
+def protocol_label(protocol: dict) -> str:
+  """{"train.num_epochs": 3.0} -> " (train.num_epochs=3.0)"; "" for no settings."""
+  if not protocol:
+    return ""
+  return " (" + ", ".join(f"{field}={value}" for field, value in protocol.items()) + ")"
+
+
 def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
-  """One row per model, sorted as the paper's tables: most mult-adds first."""
+  """One row per model and protocol, sorted as the paper's tables: most mult-adds first."""
   by_model = collections.defaultdict(list)
   for run in runs:
     by_model[run.model_key].append(run)
+  by_protocol = []
+  for model_key, model_runs in by_model.items():
+    groups = protocol_groups(model_runs)
+    by_protocol += [(model_key, protocol, group)
+                    for protocol, group in zip(distinguishing_settings(groups), groups)]
   rows = []
-  for (dataset, variant, alpha, resolution), model_runs in by_model.items():
-    name = model_name(variant, alpha, resolution, base_resolution)
+  for (dataset, variant, alpha, resolution), protocol, model_runs in by_protocol:
+    name = model_name(variant, alpha, resolution, base_resolution) + protocol_label(protocol)
     model_runs = sorted(model_runs, key=lambda run: (run.seed is None, run.seed or 0, run.source))
     top1s = [run.top1 for run in model_runs]
     rows.append(ModelRow(
@@ -260,7 +392,7 @@ def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
         mult_adds=the_same(model_runs, "mult_adds", name),
         params=the_same(model_runs, "params", name),
         infer_images_per_s_mean=statistics.fmean(run.infer_images_per_s for run in model_runs),
-        paper=paper_row(variant, alpha, resolution, base_resolution)))
+        paper=paper_row(variant, alpha, resolution, base_resolution), protocol=protocol))
   return sorted(rows, key=lambda row: (row.dataset, -row.mult_adds, row.name))
 
 
@@ -374,11 +506,14 @@ def format_markdown(rows: Sequence[ModelRow], title: str, with_paper: bool,
 
 
 def run_to_json(run: Run) -> dict:
-  return dataclasses.asdict(run)
+  """The run as its eval_results.json gave it; its settings are its config.json's."""
+  document = dataclasses.asdict(run)
+  del document["settings"], document["has_config"]
+  return document
 
 
 def row_to_json(row: ModelRow) -> dict:
-  return {
+  document = {
       "name": row.name, "dataset": row.dataset, "variant": row.variant, "alpha": row.alpha,
       "resolution": row.resolution, "num_runs": len(row.runs),
       "seeds": [run.seed for run in row.runs],
@@ -389,6 +524,9 @@ def row_to_json(row: ModelRow) -> dict:
       "sources": [run.source for run in row.runs],
       "paper_imagenet": None if row.paper is None else dataclasses.asdict(row.paper),
   }
+  if row.protocol:  # only where one model has runs under several protocols
+    document["protocol"] = row.protocol
+  return document
 
 
 def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int) -> str:
@@ -407,12 +545,14 @@ def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int) -> s
 
 def sweep_families(rows: Sequence[ModelRow]) -> list[tuple[str, list[ModelRow]]]:
   """The lines of the paper's Figure 4: MobileNets of one resolution across widths
-  ("width"), and of one width across resolutions ("resolution"); two models or more."""
+  ("width"), and of one width across resolutions ("resolution"); two models or more. A line
+  joins only rows of one protocol label, so that it never zigzags between protocols."""
   width_sweeps, resolution_sweeps = collections.defaultdict(list), collections.defaultdict(list)
   for row in rows:
     if row.variant == "dws":
-      width_sweeps[(row.dataset, row.resolution)].append(row)
-      resolution_sweeps[(row.dataset, row.alpha)].append(row)
+      label = protocol_label(row.protocol)
+      width_sweeps[(row.dataset, row.resolution, label)].append(row)
+      resolution_sweeps[(row.dataset, row.alpha, label)].append(row)
   families = [("width", members) for members in width_sweeps.values()]
   families += [("resolution", members) for members in resolution_sweeps.values()]
   return [(kind, sorted(members, key=lambda row: row.mult_adds))
@@ -535,7 +675,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   try:
-    rows = aggregate(load_runs(args.paths), args.base_resolution)
+    runs, skipped = load_runs(args.paths)
+    for path in skipped:
+      print(f"warning: {path}: no {RESULTS_FILENAME} yet (run not finished?); skipped",
+            file=sys.stderr)
+    rows = aggregate(runs, args.base_resolution)
     title = args.title or default_title(rows)
     write_report(rows, args.out, title, args.paper, args.base_resolution)
   except ReportError as error:

@@ -33,13 +33,6 @@ RESULTS = PROJECT_ROOT / "results"
 RUNS = PROJECT_ROOT / "runs"
 BASE_RESOLUTION = 128  # the paper's 224 px, scaled to what this CPU can afford
 KEPT_FILES = ("eval_results.json", "config.json", "metrics.jsonl")
-# Where the data and runs live, how often to log, evaluate or save, and which implementation
-# computes the same function: runs that differ only there measure the same thing.
-BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.prefetch_batches",
-                      "data.on_corrupt", "model.depthwise_impl", "model.pointwise_impl",
-                      "model.standard_impl", "train.eval_batch_size", "train.log_every_steps",
-                      "train.eval_every_steps", "train.checkpoint_every_steps",
-                      "train.keep_checkpoints", "train.inference_benchmark_s", "distributed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,24 +82,12 @@ def requested_config(row: Row, extra_flags: list[str]) -> dict:
   return json.loads(flag_values.config.to_json_best_effort())
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_differences(stored: dict, requested: dict) -> list[str]:
-  """`field=stored, now requested` for each field, present in both, that changes the result."""
-  old, new = _flatten(stored), _flatten(requested)
+  """`field=stored, now requested` for each field, present in both, that changes the result
+  (report.protocol_settings: the same definition by which the report merges seeds)."""
+  old, new = report.protocol_settings(stored), report.protocol_settings(requested)
   return [f"{field}={old[field]!r}, the sweep now asks for {new[field]!r}"
-          for field in new
-          if field in old and old[field] != new[field]
-          and not any(field == ignored or field.startswith(ignored + ".")
-                      for ignored in BOOKKEEPING_FIELDS)]
+          for field in report.differing_fields(old, new)]
 
 
 def stale_reason(row: Row, requested: dict) -> str | None:

@@ -164,10 +164,36 @@ def run_failing(argv, capsys) -> str:
   return error
 
 
-def test_workdir_without_results_fails_with_one_line_naming_it(tmp_path, capsys):
+def test_only_unfinished_workdirs_fail_with_one_line_naming_them(tmp_path, capsys):
   (tmp_path / "unfinished").mkdir()
-  error = run_failing([str(tmp_path / "unfinished"), "--out", str(tmp_path / "out")], capsys)
-  assert str(tmp_path / "unfinished") in error and "eval_results.json" in error
+  (tmp_path / "started").mkdir()
+  error = run_failing([str(tmp_path / "unfinished"), str(tmp_path / "started"),
+                       "--out", str(tmp_path / "out")], capsys)
+  assert str(tmp_path / "unfinished") in error and str(tmp_path / "started") in error
+  assert "no finished run" in error and "eval_results.json" in error
+  assert not (tmp_path / "out").exists()
+
+
+def test_unfinished_workdir_beside_finished_runs_is_skipped_with_one_warning(tmp_path, capsys):
+  finished = write_run(tmp_path / "finished")
+  (tmp_path / "unfinished").mkdir()
+  assert report.main([str(finished), str(tmp_path / "unfinished"),
+                      "--out", str(tmp_path / "out")]) == 0
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and error.startswith("warning: ")
+  assert str(tmp_path / "unfinished") in error and "skipped" in error
+  assert len(table_rows((tmp_path / "out" / "results.md").read_text(), "### All runs")) == 1
+
+
+def test_malformed_results_fail_the_report_even_beside_unfinished_workdirs(tmp_path, capsys):
+  broken = write_run(tmp_path / "broken")
+  (broken / "eval_results.json").write_text('{"top1": 0.8,')
+  (tmp_path / "unfinished").mkdir()
+  assert report.main([str(tmp_path / "unfinished"), str(broken),
+                      "--out", str(tmp_path / "out")]) != 0
+  error = capsys.readouterr().err.splitlines()[-1]
+  assert error.startswith("error: ") and str(broken / "eval_results.json") in error
+  assert "not valid JSON" in error
   assert not (tmp_path / "out").exists()
 
 
@@ -228,3 +254,125 @@ def test_dataset_labels_read_the_names_the_trainer_writes():
   assert report.dataset_label("imagenette2-224") == "Imagenette"
   assert report.dataset_label("imagenet2012") == "ImageNet"
   assert report.dataset_label("cifar10") == "cifar10"
+
+
+# ---------------------------------------------------------------- protocols
+
+BASE_CONFIG = {
+    "seed": 0,
+    "model": {"variant": "dws", "alpha": 1.0, "depthwise_impl": "auto"},
+    "data": {"folder": "/data/imagenette2-224", "resolution": 128, "cache": True},
+    "train": {"global_batch_size": 64, "num_epochs": 10.0, "log_every_steps": 20},
+    "optimizer": {"name": "sgd", "learning_rate": 0.4, "schedule": "warmup_cosine"},
+}
+
+
+def write_config(folder: pathlib.Path, **changes) -> None:
+  """A config.json beside the run's results, as train.py writes it, changed at
+  section__field (e.g. train__num_epochs=3.0)."""
+  config = json.loads(json.dumps(BASE_CONFIG))
+  for field, value in changes.items():
+    if "__" in field:
+      section, name = field.split("__")
+      config[section][name] = value
+    else:
+      config[field] = value
+  (folder / "config.json").write_text(json.dumps(config))
+
+
+def model_rows(out: pathlib.Path) -> dict:
+  return {row[0]: row for row in table_rows((out / "results.md").read_text(), "## Imagenette")}
+
+
+def test_seeds_of_one_protocol_merge_though_paths_and_logging_differ(tmp_path):
+  first, second = write_run(tmp_path / "s0", seed=0), write_run(tmp_path / "s1", seed=1)
+  write_config(first)
+  write_config(second, seed=1, data__folder="/elsewhere", train__log_every_steps=7,
+               model__depthwise_impl="grouped")
+  assert report.main([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+  assert list(model_rows(tmp_path / "out")) == ["1.0 MobileNet-128"]
+
+
+@pytest.mark.parametrize("changes, label", [
+    (dict(train__num_epochs=3.0), "train.num_epochs"),
+    (dict(optimizer__schedule="exponential"), "optimizer.schedule"),
+    (dict(optimizer__learning_rate=0.1), "optimizer.learning_rate"),
+    (dict(train__global_batch_size=128), "train.global_batch_size"),
+])
+def test_runs_of_one_model_under_different_protocols_are_separate_labelled_rows(
+    tmp_path, changes, label):
+  first = write_run(tmp_path / "a", seed=0, top1=0.85)
+  second = write_run(tmp_path / "b", seed=1, top1=0.60)
+  write_config(first)
+  write_config(second, seed=1, **changes)
+  assert report.main([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+  (value,) = changes.values()
+  section, name = label.split(".")
+  original = BASE_CONFIG[section][name]
+  accuracies = {name: row[1] for name, row in model_rows(tmp_path / "out").items()}
+  assert accuracies == {f"1.0 MobileNet-128 ({label}={original})": "85.0%",  # not "± (2 seeds)"
+                        f"1.0 MobileNet-128 ({label}={value})": "60.0%"}
+
+
+def test_two_seeds_of_each_of_two_protocols_make_two_merged_rows(tmp_path):
+  paths = []
+  for epochs in (10.0, 3.0):
+    for seed in (0, 1):
+      run = write_run(tmp_path / f"e{epochs:g}_s{seed}", seed=seed, top1=0.5 + epochs / 100)
+      write_config(run, seed=seed, train__num_epochs=epochs)
+      paths.append(str(run))
+  assert report.main(paths + ["--out", str(tmp_path / "out")]) == 0
+  rows = model_rows(tmp_path / "out")
+  assert rows["1.0 MobileNet-128 (train.num_epochs=10.0)"][1] == "60.0% ± 0.0 (2 seeds)"
+  assert rows["1.0 MobileNet-128 (train.num_epochs=3.0)"][1] == "53.0% ± 0.0 (2 seeds)"
+  document = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert sorted(model["protocol"]["train.num_epochs"] for model in document["models"]) == [
+      3.0, 10.0]
+
+
+def test_runs_evaluated_at_different_steps_do_not_merge(tmp_path):
+  """eval.py --step=N records an earlier checkpoint's accuracy under the same config.json."""
+  final, earlier = write_run(tmp_path / "final", step=1470), write_run(tmp_path / "early", step=500)
+  write_config(final)
+  write_config(earlier)
+  assert report.main([str(final), str(earlier), "--out", str(tmp_path / "out")]) == 0
+  assert sorted(model_rows(tmp_path / "out")) == ["1.0 MobileNet-128 (step=1470)",
+                                                  "1.0 MobileNet-128 (step=500)"]
+
+
+def test_a_run_without_config_json_does_not_merge_with_runs_that_have_one(tmp_path):
+  known, unknown = write_run(tmp_path / "known", seed=0), write_run(tmp_path / "unknown", seed=1)
+  write_config(known)
+  assert report.main([str(known), str(unknown), "--out", str(tmp_path / "out")]) == 0
+  assert sorted(model_rows(tmp_path / "out")) == ["1.0 MobileNet-128",
+                                                  "1.0 MobileNet-128 (config.json=missing)"]
+
+
+def test_different_models_need_no_protocol_label(tmp_path):
+  wide, narrow = write_run(tmp_path / "wide"), write_run(tmp_path / "narrow", alpha=0.5)
+  write_config(wide)
+  write_config(narrow, model__alpha=0.5)
+  assert report.main([str(wide), str(narrow), "--out", str(tmp_path / "out")]) == 0
+  assert sorted(model_rows(tmp_path / "out")) == ["0.5 MobileNet-128", "1.0 MobileNet-128"]
+
+
+def test_malformed_config_json_fails_with_one_line_naming_it(tmp_path, capsys):
+  run = write_run(tmp_path / "run")
+  (run / "config.json").write_text("{not json")
+  error = run_failing([str(run), "--out", str(tmp_path / "out")], capsys)
+  assert str(run / "config.json") in error and "not valid JSON" in error
+
+
+def test_committed_runs_rebuild_their_committed_tables(tmp_path):
+  """The protocol split leaves the tables of results/ as they are: all their seeds merge."""
+  from mobilenet import sweep
+
+  for table in ("table4", "table6"):
+    done = [str(sweep.RESULTS / "runs" / row.name) for row in sweep.TABLES[table]
+            if sweep.finished(row)]
+    out = tmp_path / table
+    title = f"Table {table.removeprefix('table')} of the paper, on Imagenette"
+    assert report.main(done + ["--out", str(out), "--paper", "--base-resolution",
+                               str(sweep.BASE_RESOLUTION), "--title", title]) == 0
+    assert ((out / "results.md").read_text()
+            == (sweep.RESULTS / table / "results.md").read_text())
