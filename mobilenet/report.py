@@ -6,7 +6,11 @@
 Each PATH is a workdir holding eval_results.json, or that file itself. Writes
 DIR/results.md (one table per dataset, one row per model, then every run),
 DIR/results.json (the same rows, machine-readable) and
-DIR/accuracy_vs_mult_adds.png.
+DIR/accuracy_vs_mult_adds.png. Where runs carry the LiteRT figures that
+`python -m mobilenet.export --workdir=W --int8` merges into eval_results.json,
+the tables gain fp32 and int8 latency and int8 top-1 columns, and
+DIR/accuracy_vs_latency.png plots top-1 against the measured fp32 latency: where
+the mult-adds proxy and the measurement disagree.
 
 A workdir without eval_results.json yet (a run still training) is skipped with
 one warning line; the report fails only when no finished run remains.
@@ -28,7 +32,7 @@ import json
 import pathlib
 import statistics
 import sys
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from mobilenet.metrics import format_duration
 
@@ -37,6 +41,7 @@ CONFIG_FILENAME = "config.json"  # what train.py trained the run with, beside it
 MARKDOWN_FILENAME = "results.md"
 JSON_FILENAME = "results.json"
 PLOT_FILENAME = "accuracy_vs_mult_adds.png"
+LATENCY_PLOT_FILENAME = "accuracy_vs_latency.png"
 
 VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}
 # Display names by prefix, longest first: the trainer writes a folder's name
@@ -50,7 +55,11 @@ REQUIRED_KEYS = {
     "alpha": NUMBER, "resolution": int, "dataset": str, "step": int,
     "infer_images_per_s": NUMBER, "device": str,
 }
-OPTIONAL_KEYS = {"seed": int, "train_wall_s": NUMBER, "train_images_per_s": NUMBER, "name": str}
+OPTIONAL_KEYS = {"seed": int, "train_wall_s": NUMBER, "train_images_per_s": NUMBER, "name": str,
+                 "litert_fp32_ms": NUMBER, "litert_int8_ms": NUMBER, "litert_int8_top1": NUMBER,
+                 "litert_device": str}
+# What mobilenet.export measures: batch-1 median latency with one thread, int8 accuracy.
+LATENCY_KEYS = ("litert_fp32_ms", "litert_int8_ms", "litert_int8_top1")
 
 # Where the data and runs live, how often to log, evaluate or save, and which implementation
 # computes the same function: runs that differ only there measure the same thing.
@@ -117,6 +126,10 @@ class Run:
   seed: Optional[int] = None
   train_wall_s: Optional[float] = None
   train_images_per_s: Optional[float] = None
+  litert_fp32_ms: Optional[float] = None
+  litert_int8_ms: Optional[float] = None
+  litert_int8_top1: Optional[float] = None
+  litert_device: Optional[str] = None
   # protocol_settings of its config.json and its MEASUREMENT_KEYS; has_config: whether a
   # config.json was there at all (without one, the training settings are unknown).
   settings: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -142,6 +155,11 @@ class ModelRow:
   params: int
   infer_images_per_s_mean: float
   paper: Optional[PaperRow]
+  # Means over the runs that were exported (None where none was), as the other columns.
+  litert_fp32_ms_mean: Optional[float] = None
+  litert_int8_ms_mean: Optional[float] = None
+  litert_int8_top1_mean: Optional[float] = None
+  litert_int8_top1_spread: Optional[float] = None
   # The settings that tell this row from other rows of the same model; empty when it has none.
   protocol: dict = dataclasses.field(default_factory=dict)
 
@@ -227,14 +245,15 @@ def parse_run(record: Any, source: pathlib.Path) -> Run:
   if record["variant"] not in VARIANT_LABELS:
     raise ReportError(f"{source}: key 'variant' must be one of {', '.join(VARIANT_LABELS)}; "
                       f"got {record['variant']!r}")
-  for key in ("top1", "top5"):
-    if not 0 <= record[key] <= 1:
+  for key in ("top1", "top5", "litert_int8_top1"):
+    if key in record and not 0 <= record[key] <= 1:
       raise ReportError(f"{source}: key '{key}' must be a fraction in [0, 1]; got {record[key]!r}")
-  for key in ("mult_adds", "params", "resolution", "alpha"):
-    if not record[key] > 0:
+  for key in ("mult_adds", "params", "resolution", "alpha", "litert_fp32_ms", "litert_int8_ms"):
+    if key in record and not record[key] > 0:
       raise ReportError(f"{source}: key '{key}' must be > 0; got {record[key]!r}")
   seed = None if record.get("seed") is None else int(record["seed"])
-  optional = {key: record.get(key) for key in ("train_wall_s", "train_images_per_s")}
+  optional = {key: record.get(key) for key in ("train_wall_s", "train_images_per_s",
+                                                *LATENCY_KEYS, "litert_device")}
   return Run(
       source=str(source),
       run_name=record.get("name") or source.parent.name or str(source),
@@ -310,6 +329,19 @@ def paper_row(variant: str, alpha: float, resolution: int,
 
 def half_range(values: Sequence[float]) -> Optional[float]:
   return (max(values) - min(values)) / 2 if len(values) > 1 else None
+
+
+def measured(runs: Sequence[Run], key: str) -> list[float]:
+  """The values of an optional figure, from the runs that have it."""
+  return [getattr(run, key) for run in runs if getattr(run, key) is not None]
+
+
+def mean_if_any(values: Sequence[float]) -> Optional[float]:
+  return statistics.fmean(values) if values else None
+
+
+def has_latency(rows: Sequence[ModelRow]) -> bool:
+  return any(run.litert_fp32_ms is not None for row in rows for run in row.runs)
 
 
 def the_same(runs: Sequence[Run], key: str, name: str):
@@ -392,6 +424,10 @@ def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
         mult_adds=the_same(model_runs, "mult_adds", name),
         params=the_same(model_runs, "params", name),
         infer_images_per_s_mean=statistics.fmean(run.infer_images_per_s for run in model_runs),
+        litert_fp32_ms_mean=mean_if_any(measured(model_runs, "litert_fp32_ms")),
+        litert_int8_ms_mean=mean_if_any(measured(model_runs, "litert_int8_ms")),
+        litert_int8_top1_mean=mean_if_any(measured(model_runs, "litert_int8_top1")),
+        litert_int8_top1_spread=half_range(measured(model_runs, "litert_int8_top1")),
         paper=paper_row(variant, alpha, resolution, base_resolution), protocol=protocol))
   return sorted(rows, key=lambda row: (row.dataset, -row.mult_adds, row.name))
 
@@ -414,6 +450,22 @@ def count_label(runs: Sequence[Run]) -> str:
   seeds = [run.seed for run in runs]
   distinct_seeds = None not in seeds and len(set(seeds)) == len(seeds)
   return f"{len(runs)} {'seeds' if distinct_seeds else 'runs'}"
+
+
+def format_ms(value: Optional[float]) -> str:
+  """Milliseconds: a decimal below 100 ms; "—" for a run that was not exported."""
+  if value is None:
+    return "—"
+  return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def format_percent(value: Optional[float], spread: Optional[float] = None) -> str:
+  if value is None:
+    return "—"
+  return f"{100 * value:.1f}%" + ("" if spread is None else f" ± {100 * spread:.1f}")
+
+
+LATENCY_HEADER = ["LiteRT fp32 ms", "LiteRT int8 ms", "LiteRT int8 Top-1"]
 
 
 def format_accuracy(row: ModelRow) -> str:
@@ -442,12 +494,18 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]],
 def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
   header = ["Model", f"{dataset_label(rows[0].dataset)} Accuracy", "Million Mult-Adds",
             "Million Parameters", "Images/s"]
+  with_latency = has_latency(rows)
+  if with_latency:
+    header += LATENCY_HEADER
   if with_paper:
     header.append("Paper: ImageNet Top-1 / Mult-Adds / Params")
   cells = []
   for row in rows:
     line = [row.name, format_accuracy(row), f"{row.mult_adds / 1e6:.0f}",
             f"{row.params / 1e6:.1f}", format_images_per_s(row.infer_images_per_s_mean)]
+    if with_latency:
+      line += [format_ms(row.litert_fp32_ms_mean), format_ms(row.litert_int8_ms_mean),
+               format_percent(row.litert_int8_top1_mean, row.litert_int8_top1_spread)]
     if with_paper:
       line.append(format_paper(row.paper))
     cells.append(line)
@@ -458,17 +516,23 @@ def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
 def runs_table(rows: Sequence[ModelRow]) -> list[str]:
   header = ["Model", "Run", "Seed", "Step", "Top-1", "Top-5", "Million Mult-Adds",
             "Million Parameters", "Images/s", "Train images/s", "Train time", "Device"]
+  with_latency = has_latency(rows)
+  if with_latency:
+    header[-1:-1] = LATENCY_HEADER
   cells = []
   for row in rows:
     for run in row.runs:
-      cells.append([row.name, run.run_name, "—" if run.seed is None else str(run.seed),
-                    str(run.step), f"{100 * run.top1:.1f}%", f"{100 * run.top5:.1f}%",
-                    f"{run.mult_adds / 1e6:.0f}", f"{run.params / 1e6:.1f}",
-                    format_images_per_s(run.infer_images_per_s),
-                    "—" if run.train_images_per_s is None
-                    else format_images_per_s(run.train_images_per_s),
-                    "—" if run.train_wall_s is None else format_duration(run.train_wall_s),
-                    run.device])
+      line = [row.name, run.run_name, "—" if run.seed is None else str(run.seed),
+              str(run.step), f"{100 * run.top1:.1f}%", f"{100 * run.top5:.1f}%",
+              f"{run.mult_adds / 1e6:.0f}", f"{run.params / 1e6:.1f}",
+              format_images_per_s(run.infer_images_per_s),
+              "—" if run.train_images_per_s is None
+              else format_images_per_s(run.train_images_per_s),
+              "—" if run.train_wall_s is None else format_duration(run.train_wall_s)]
+      if with_latency:
+        line += [format_ms(run.litert_fp32_ms), format_ms(run.litert_int8_ms),
+                 format_percent(run.litert_int8_top1)]
+      cells.append(line + [run.device])
   return markdown_table(header, cells, text_columns=("Model", "Run", "Device"))
 
 
@@ -482,6 +546,16 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
       "time are the run's training steps, every session added up, evaluation excluded; on "
       + (devices[0] if len(devices) == 1 else "several devices: " + "; ".join(devices)) + ".",
   ]
+  if has_latency(rows):
+    latency_devices = sorted({run.litert_device or run.device for row in rows for run in row.runs
+                              if run.litert_fp32_ms is not None})
+    notes.append(
+        "LiteRT: the run exported by `python -m mobilenet.export --int8`, timed with the LiteRT "
+        "interpreter and XNNPACK, batch 1, one thread, median of repeated runs (mean over a "
+        "model's exported runs); int8 top-1 is the full-integer model's accuracy on the whole "
+        "evaluation split (mean ± half the range); — where a run was not exported. On "
+        + "; ".join(latency_devices) + ": an x86 CPU running the mobile runtime's kernels, "
+        "not a phone.")
   if with_paper:
     notes.append(
         "Paper: ImageNet top-1, mult-adds and parameters of Howard et al. (2017), Tables 4–7, "
@@ -505,14 +579,19 @@ def format_markdown(rows: Sequence[ModelRow], title: str, with_paper: bool,
   return "\n".join(lines)
 
 
-def run_to_json(run: Run) -> dict:
+def run_to_json(run: Run, with_latency: bool) -> dict:
   """The run as its eval_results.json gave it; its settings are its config.json's."""
   document = dataclasses.asdict(run)
   del document["settings"], document["has_config"]
+  if not with_latency:
+    for key in (*LATENCY_KEYS, "litert_device"):
+      del document[key]
   return document
 
 
-def row_to_json(row: ModelRow) -> dict:
+def row_to_json(row: ModelRow, with_latency: bool) -> dict:
+  """The row's figures; latency keys (null for a row without them) only where some run of
+  the report has them, so that reports of runs never exported keep their former shape."""
   document = {
       "name": row.name, "dataset": row.dataset, "variant": row.variant, "alpha": row.alpha,
       "resolution": row.resolution, "num_runs": len(row.runs),
@@ -520,6 +599,11 @@ def row_to_json(row: ModelRow) -> dict:
       "top1_mean": row.top1_mean, "top1_half_range": row.top1_spread,
       "top5_mean": row.top5_mean, "mult_adds": row.mult_adds, "params": row.params,
       "infer_images_per_s_mean": row.infer_images_per_s_mean,
+      **({"litert_fp32_ms_mean": row.litert_fp32_ms_mean,
+          "litert_int8_ms_mean": row.litert_int8_ms_mean,
+          "litert_int8_top1_mean": row.litert_int8_top1_mean,
+          "litert_int8_top1_half_range": row.litert_int8_top1_spread}
+         if with_latency else {}),
       "devices": sorted({run.device for run in row.runs}),
       "sources": [run.source for run in row.runs],
       "paper_imagenet": None if row.paper is None else dataclasses.asdict(row.paper),
@@ -530,14 +614,20 @@ def row_to_json(row: ModelRow) -> dict:
 
 
 def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int) -> str:
+  with_latency = has_latency(rows)
   document = {
       "title": title,
       "base_resolution": base_resolution,
       "spread": "top1_half_range = (max - min) / 2 over a model's runs, as a fraction; "
                 "null for a single run",
-      "models": [row_to_json(row) for row in rows],
-      "runs": [run_to_json(run) for row in rows for run in row.runs],
+      "models": [row_to_json(row, with_latency) for row in rows],
+      "runs": [run_to_json(run, with_latency) for row in rows for run in row.runs],
   }
+  if with_latency:
+    document["litert"] = ("litert_*_ms: median batch-1 latency of the exported LiteRT model, "
+                          "one thread, XNNPACK; litert_int8_top1: the int8 model's top-1, a "
+                          "fraction; row values are means over the runs that have them, null "
+                          "where none has")
   return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -557,6 +647,20 @@ def sweep_families(rows: Sequence[ModelRow]) -> list[tuple[str, list[ModelRow]]]
   families += [("resolution", members) for members in resolution_sweeps.values()]
   return [(kind, sorted(members, key=lambda row: row.mult_adds))
           for kind, members in families if len(members) > 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotAxis:
+  """What a plot puts along x: per model row (its line and label) and per run (its marker)."""
+  label: str
+  of_row: Callable[[ModelRow], Optional[float]]
+  of_run: Callable[[Run], Optional[float]]
+
+
+MULT_ADDS_AXIS = PlotAxis("Million Mult-Adds (log scale)",
+                          lambda row: row.mult_adds / 1e6, lambda run: run.mult_adds / 1e6)
+LATENCY_AXIS = PlotAxis("LiteRT fp32 latency, batch 1, one thread (ms, log scale)",
+                        lambda row: row.litert_fp32_ms_mean, lambda run: run.litert_fp32_ms)
 
 
 # Where a point's label may go, in points from the point, tried in this order.
@@ -593,12 +697,15 @@ def place_labels(axes, renderer, labels: Sequence[tuple[str, float, float]]) -> 
     placed.append(chosen.get_window_extent(renderer))
 
 
-def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path) -> None:
-  """Figure 4 of the paper for these runs: a marker per run, lines along each sweep."""
+def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path,
+         x_axis: PlotAxis = MULT_ADDS_AXIS) -> None:
+  """Figure 4 of the paper for these runs: a marker per run, lines along each sweep; x is
+  mult-adds as in the paper, or another measure of cost (rows without it are left out)."""
   # Figure and its Agg canvas directly: no pyplot state, no display needed.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
+  rows = [row for row in rows if x_axis.of_row(row) is not None]
   figure = Figure(figsize=(8, 6), dpi=120)
   canvas = FigureCanvasAgg(figure)
   axes = figure.add_subplot()
@@ -611,18 +718,20 @@ def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path) -> None:
   for kind, members in sweep_families(rows):
     label = f"{kind} sweep" if kind not in labelled else None
     labelled.add(kind)
-    axes.plot([row.mult_adds / 1e6 for row in members],
+    members = sorted(members, key=x_axis.of_row)
+    axes.plot([x_axis.of_row(row) for row in members],
               [100 * row.top1_mean for row in members],
               line_styles[kind], color=colors[members[0].dataset], alpha=0.6, label=label)
   for row in rows:
     label = VARIANT_LABELS[row.variant] if row.variant not in labelled else None
     labelled.add(row.variant)
-    axes.scatter([row.mult_adds / 1e6] * len(row.runs), [100 * run.top1 for run in row.runs],
+    runs = [run for run in row.runs if x_axis.of_run(run) is not None]
+    axes.scatter([x_axis.of_run(run) for run in runs], [100 * run.top1 for run in runs],
                  marker=markers[row.variant], color=colors[row.dataset], alpha=0.8, label=label,
                  zorder=3)
 
   axes.set_xscale("log")
-  axes.set_xlabel("Million Mult-Adds (log scale)")
+  axes.set_xlabel(x_axis.label)
   axes.set_ylabel("Top-1 accuracy (%)")
   axes.set_title(title)
   axes.grid(True, which="both", alpha=0.3)
@@ -632,16 +741,23 @@ def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path) -> None:
   # Labels last, once the axes are laid out, so that their measured boxes are final.
   place_labels(axes, canvas.get_renderer(), [
       (row.name if len(datasets) == 1 else f"{row.name} ({dataset_label(row.dataset)})",
-       row.mult_adds / 1e6, 100 * row.top1_mean)
+       x_axis.of_row(row), 100 * row.top1_mean)
       for row in sorted(rows, key=lambda row: -row.top1_mean)])
   figure.savefig(path, format="png")
 
 
 # ---------------------------------------------------------------- command line
 
-def default_title(rows: Sequence[ModelRow]) -> str:
+def default_title(rows: Sequence[ModelRow], cost: str = "mult-adds") -> str:
   datasets = ", ".join(dataset_label(dataset) for dataset in sorted({row.dataset for row in rows}))
-  return f"MobileNet accuracy vs mult-adds ({datasets})"
+  return f"MobileNet accuracy vs {cost} ({datasets})"
+
+
+def latency_title(rows: Sequence[ModelRow], title: str) -> str:
+  """The latency plot's title: the default title names its own x, a given one gains a line."""
+  if title == default_title(rows):
+    return default_title(rows, "LiteRT fp32 latency")
+  return f"{title}\nTop-1 against measured LiteRT fp32 latency"
 
 
 def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_paper: bool,
@@ -651,6 +767,11 @@ def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_p
       format_markdown(rows, title, with_paper, base_resolution), encoding="utf-8")
   (out / JSON_FILENAME).write_text(format_json(rows, title, base_resolution), encoding="utf-8")
   plot(rows, title, out / PLOT_FILENAME)
+  latency_plot = out / LATENCY_PLOT_FILENAME
+  if has_latency(rows):
+    plot(rows, latency_title(rows, title), latency_plot, x_axis=LATENCY_AXIS)
+  else:  # an earlier report's plot of other runs would pass for these runs'
+    latency_plot.unlink(missing_ok=True)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -659,7 +780,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("paths", nargs="+", type=pathlib.Path, metavar="PATH",
                       help=f"a run's workdir, or its {RESULTS_FILENAME}")
   parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
-                      help=f"where to write {MARKDOWN_FILENAME}, {JSON_FILENAME}, {PLOT_FILENAME}")
+                      help=f"where to write {MARKDOWN_FILENAME}, {JSON_FILENAME}, {PLOT_FILENAME} "
+                      f"(and {LATENCY_PLOT_FILENAME} where runs were exported)")
   parser.add_argument("--title", help="title of the report and the plot")
   parser.add_argument("--paper", action="store_true",
                       help="add the paper's ImageNet top-1 / mult-adds / params for matching "
@@ -688,9 +810,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except OSError as error:  # e.g. --out not writable
     print(f"error: {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
     return 1
+  plots = [PLOT_FILENAME] + ([LATENCY_PLOT_FILENAME] if has_latency(rows) else [])
   print(f"wrote {len(rows)} models from {sum(len(row.runs) for row in rows)} runs to "
         f"{args.out / MARKDOWN_FILENAME}, {args.out / JSON_FILENAME}, "
-        f"{args.out / PLOT_FILENAME}")
+        + ", ".join(str(args.out / name) for name in plots))
   return 0
 
 

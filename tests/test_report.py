@@ -376,3 +376,96 @@ def test_committed_runs_rebuild_their_committed_tables(tmp_path):
                                str(sweep.BASE_RESOLUTION), "--title", title]) == 0
     assert ((out / "results.md").read_text()
             == (sweep.RESULTS / table / "results.md").read_text())
+
+
+# ---------------------------------------------------------------- LiteRT latency
+
+def exported(**figures) -> dict:
+  """The keys mobilenet.export merges into eval_results.json (a subset of them)."""
+  return dict(litert_threads=[1], litert_device="cpu: Intel Xeon, 2 cores",
+              litert_fp32_max_rel_error=2e-6, **figures)
+
+
+@pytest.fixture(scope="module")
+def latency_report(tmp_path_factory) -> pathlib.Path:
+  """Two exported seeds of MobileNet, one exported Conv MobileNet, one run never exported."""
+  runs = tmp_path_factory.mktemp("exported_runs")
+  write_run(runs / "dws_s0", seed=0, top1=0.70,
+            **exported(litert_fp32_ms=5.0, litert_int8_ms=3.0, litert_int8_top1=0.68))
+  write_run(runs / "dws_s1", seed=1, top1=0.72,
+            **exported(litert_fp32_ms=7.0, litert_int8_ms=4.0, litert_int8_top1=0.70))
+  write_run(runs / "conv", variant="conv", top1=0.78, params=28_280_000,
+            mult_adds=1_589_000_000,
+            **exported(litert_fp32_ms=123.4, litert_int8_ms=40.25, litert_int8_top1=0.775))
+  write_run(runs / "half", alpha=0.5, top1=0.67, params=870_000, mult_adds=48_700_000)
+  out = tmp_path_factory.mktemp("latency_report")
+  assert report.main([str(path) for path in sorted(runs.iterdir())]
+                     + ["--out", str(out), "--paper", "--base-resolution", "128"]) == 0
+  return out
+
+
+def test_latency_columns_sit_between_throughput_and_paper_and_average_the_seeds(latency_report):
+  markdown = (latency_report / "results.md").read_text()
+  assert ("| Images/s | LiteRT fp32 ms | LiteRT int8 ms | LiteRT int8 Top-1 | Paper: ImageNet"
+          in markdown)
+  rows = model_rows(latency_report)
+  assert rows["1.0 MobileNet-128"][5:8] == ["6.0", "3.5", "69.0% ± 1.0"]
+  assert rows["Conv MobileNet"][5:8] == ["123", "40.2", "77.5%"]
+
+
+def test_a_model_never_exported_shows_dashes_in_the_latency_columns(latency_report):
+  assert model_rows(latency_report)["0.5 MobileNet-128"][5:8] == ["—", "—", "—"]
+  runs = {row[1]: row for row in table_rows((latency_report / "results.md").read_text(),
+                                            "### All runs")}
+  assert runs["half"][11:14] == ["—", "—", "—"]
+  assert runs["dws_s1"][11:15] == ["7.0", "4.0", "70.0%", "cpu: AMD EPYC x2"]
+
+
+def test_latency_note_names_the_runtime_and_the_device_it_was_timed_on(latency_report):
+  markdown = (latency_report / "results.md").read_text()
+  assert "XNNPACK, batch 1, one thread" in markdown
+  assert "cpu: Intel Xeon, 2 cores" in markdown and "not a phone" in markdown
+
+
+def test_results_json_carries_latency_means_and_each_runs_figures(latency_report):
+  document = json.loads((latency_report / "results.json").read_text())
+  models = {model["name"]: model for model in document["models"]}
+  assert models["1.0 MobileNet-128"]["litert_fp32_ms_mean"] == pytest.approx(6.0)
+  assert models["1.0 MobileNet-128"]["litert_int8_ms_mean"] == pytest.approx(3.5)
+  assert models["1.0 MobileNet-128"]["litert_int8_top1_mean"] == pytest.approx(0.69)
+  assert models["1.0 MobileNet-128"]["litert_int8_top1_half_range"] == pytest.approx(0.01)
+  assert models["0.5 MobileNet-128"]["litert_fp32_ms_mean"] is None
+  runs = {pathlib.Path(run["source"]).parent.name: run for run in document["runs"]}
+  assert runs["conv"]["litert_int8_top1"] == 0.775 and runs["half"]["litert_int8_ms"] is None
+
+
+def test_latency_plot_is_written_beside_the_mult_adds_plot(latency_report):
+  from matplotlib import image
+
+  path = latency_report / "accuracy_vs_latency.png"
+  assert path.read_bytes()[:8] == PNG_SIGNATURE
+  height, width, _ = image.imread(path).shape
+  assert width >= 800 and height >= 600
+  assert (latency_report / "accuracy_vs_mult_adds.png").is_file()
+
+
+def test_without_any_exported_run_there_are_no_latency_columns_keys_or_plot(sweep, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "accuracy_vs_latency.png").write_bytes(PNG_SIGNATURE)  # from an earlier report
+  assert report.main([str(sweep / "conv"), "--out", str(out)]) == 0
+  assert "LiteRT" not in (out / "results.md").read_text()
+  assert "litert" not in (out / "results.json").read_text()
+  assert not (out / "accuracy_vs_latency.png").exists()
+
+
+@pytest.mark.parametrize("figures, key", [
+    (dict(litert_int8_top1=68.0), "'litert_int8_top1'"),  # a percentage, not a fraction
+    (dict(litert_fp32_ms=0.0), "'litert_fp32_ms'"),
+    (dict(litert_int8_ms="fast"), "'litert_int8_ms'"),
+])
+def test_impossible_latency_figures_fail_with_one_line_naming_the_key(
+    tmp_path, capsys, figures, key):
+  run = write_run(tmp_path / "run", **figures)
+  error = run_failing([str(run), "--out", str(tmp_path / "out")], capsys)
+  assert key in error and str(run / "eval_results.json") in error
