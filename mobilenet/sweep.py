@@ -4,8 +4,12 @@
 
 Each row is an ordinary `train.py` run with `configs/<variant>.py` (the shared protocol lives in
 configs/base.py), its workdir under `runs/` (checkpoints: not committed). A killed sweep resumes
-from those checkpoints when run again. Finished rows copy `eval_results.json`, `config.json` and
-`metrics.jsonl` to `results/runs/<name>/`; the table goes to `results/<table>/`.
+from those checkpoints when run again. Each trained row is then exported to LiteRT
+(`python -m mobilenet.export --workdir=<workdir> --int8`), which merges measured fp32 and int8
+latency and int8 top-1 into its eval_results.json; a failed export stops the sweep, so that no
+row silently lacks those columns. Finished rows copy `eval_results.json`, `config.json` and
+`metrics.jsonl` to `results/runs/<name>/` (the .tflite files are not kept); the table goes to
+`results/<table>/`.
 
 A row whose result (or unfinished run) was made with settings that change what it measures,
 say after an edit of configs/base.py, stops the sweep with the first differing field, so that
@@ -33,6 +37,10 @@ RESULTS = PROJECT_ROOT / "results"
 RUNS = PROJECT_ROOT / "runs"
 BASE_RESOLUTION = 128  # the paper's 224 px, scaled to what this CPU can afford
 KEPT_FILES = ("eval_results.json", "config.json", "metrics.jsonl")
+
+
+class ExportError(Exception):
+  """An export that exited 0 but left its figures out of eval_results.json."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +119,31 @@ def stale_reason(row: Row, requested: dict) -> str | None:
   return f"{shown} {verb} with {differences[0]}{more}; {remedy} to train the row afresh"
 
 
-def train(row: Row, extra_flags: list[str]) -> None:
-  command = [sys.executable, "train.py", f"--config={row.config}", f"--workdir={RUNS / row.name}",
-             *extra_flags]
+def run_command(command: list[str]) -> None:
+  """Runs one step of a row as its own process, echoed first; raises CalledProcessError."""
   print("$ " + " ".join(command), flush=True)
-  environment = dict(os.environ)
-  subprocess.run(command, cwd=PROJECT_ROOT, check=True, env=environment)
+  subprocess.run(command, cwd=PROJECT_ROOT, check=True, env=dict(os.environ))
+
+
+def export_command(row: Row) -> list[str]:
+  return [sys.executable, "-m", "mobilenet.export", f"--workdir={RUNS / row.name}", "--int8"]
+
+
+def export(row: Row) -> None:
+  """Exports the row's finished run; its figures must then be in its eval_results.json."""
+  command = export_command(row)
+  run_command(command)
+  results = RUNS / row.name / "eval_results.json"
+  missing = [key for key in report.LATENCY_KEYS if key not in json.loads(results.read_text())]
+  if missing:
+    raise ExportError(f"`{' '.join(command)}` exited 0 but {results} lacks {', '.join(missing)}")
+
+
+def train(row: Row, extra_flags: list[str]) -> None:
+  """Trains the row, exports it, and keeps its results."""
+  run_command([sys.executable, "train.py", f"--config={row.config}",
+               f"--workdir={RUNS / row.name}", *extra_flags])
+  export(row)
   destination = RESULTS / "runs" / row.name
   destination.mkdir(parents=True, exist_ok=True)
   for file_name in KEPT_FILES:
@@ -168,7 +195,16 @@ def main(argv=None) -> int:
         try:
           train(row, args.extra)
         except subprocess.CalledProcessError as error:
-          print(f"error: {row.name} failed (exit {error.returncode}); rerun to resume it",
+          command = " ".join(map(str, error.cmd))
+          if error.cmd == export_command(row):
+            print(f"error: {row.name} trained, but its export failed (exit {error.returncode}): "
+                  f"`{command}`; rerun the sweep to export it again", file=sys.stderr)
+          else:
+            print(f"error: {row.name} failed (exit {error.returncode}): `{command}`; rerun to "
+                  "resume it", file=sys.stderr)
+          return 1
+        except ExportError as error:
+          print(f"error: {row.name} trained, but its export is incomplete: {error}",
                 file=sys.stderr)
           return 1
   return rebuild_table(args.table)

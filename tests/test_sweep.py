@@ -2,6 +2,7 @@
 import json
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -37,20 +38,42 @@ def _write_run(folder: pathlib.Path, row: sweep.Row, *, finished=True, **changes
     (folder / "metrics.jsonl").write_text("")
 
 
-class FakeTrain:
-  """Stands in for subprocess.run: records each train.py call and leaves a finished run."""
+LITERT_FIGURES = dict(litert_fp32_ms=5.0, litert_int8_ms=3.0, litert_int8_top1=0.69,
+                      litert_threads=[1], litert_device="cpu")
 
-  def __init__(self):
+
+class FakeTrain:
+  """Stands in for subprocess.run: records each call; train.py leaves a finished run, the export
+  merges its figures into eval_results.json (or fails with exit 1, or merges nothing)."""
+
+  def __init__(self, export_fails=False, export_merges=True):
     self.calls = []
+    self.export_fails, self.export_merges = export_fails, export_merges
+
+  @property
+  def train_calls(self) -> list:
+    return [(command, env) for command, env in self.calls if command[1] == "train.py"]
+
+  @property
+  def export_calls(self) -> list:
+    return [(command, env) for command, env in self.calls if command[1:3] == ["-m",
+                                                                             "mobilenet.export"]]
 
   def __call__(self, command, *, cwd, check, env):
-    del cwd, check
+    del cwd
+    assert check
     self.calls.append((command, env))
-    config_arg = next(arg for arg in command if arg.startswith("--config="))
     workdir = pathlib.Path(next(arg for arg in command if arg.startswith("--workdir="))
                            .partition("=")[2])
-    row = next(row for row in TABLE5 if f"--config={row.config}" == config_arg)
-    _write_run(workdir, row)
+    if command[1] == "train.py":
+      config_arg = next(arg for arg in command if arg.startswith("--config="))
+      row = next(row for row in TABLE5 if f"--config={row.config}" == config_arg)
+      _write_run(workdir, row)
+    elif self.export_fails:
+      raise subprocess.CalledProcessError(1, command)
+    elif self.export_merges:
+      results = json.loads((workdir / "eval_results.json").read_text())
+      (workdir / "eval_results.json").write_text(json.dumps({**results, **LITERT_FIGURES}))
 
 
 def test_dry_run_lists_rows_as_done_missing_or_stale_with_the_field(folders, capsys):
@@ -106,7 +129,7 @@ def test_missing_rows_train_then_results_and_table_are_written(folders, monkeypa
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
   assert sweep.main(["table5", "--", "--config.train.log_every_steps=5"]) == 0
-  assert [command[-1] for command, _ in fake.calls] == (
+  assert [command[-1] for command, _ in fake.train_calls] == (
       ["--config.train.log_every_steps=5"] * len(TABLE5))
   # train.py picks its allocator itself (mobilenet.allocator): no glibc settings from the sweep.
   assert all("GLIBC_TUNABLES" not in env for _, env in fake.calls)
@@ -127,7 +150,8 @@ def test_a_glibc_tunables_setting_of_the_user_is_kept(folders, monkeypatch):
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
   assert sweep.main(["table5"]) == 0
-  assert [env["GLIBC_TUNABLES"] for _, env in fake.calls] == [""] * len(TABLE5)
+  # Both commands of every row, train.py and the export, get the user's environment.
+  assert [env["GLIBC_TUNABLES"] for _, env in fake.calls] == [""] * 2 * len(TABLE5)
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -149,3 +173,66 @@ def test_an_unreadable_result_config_is_one_line_naming_the_file(folders, capsys
   assert error.startswith(f"error: {folders / 'results' / 'runs' / TABLE5_DWS.name / 'config.json'}"
                           " is not valid JSON")
   assert "\n" not in error
+
+
+def test_every_trained_row_is_exported_with_int8_right_after_its_training(folders, monkeypatch):
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["table5"]) == 0
+  expected = []
+  for row in TABLE5:
+    expected += [[sys.executable, "train.py", f"--config={row.config}",
+                  f"--workdir={folders / 'runs' / row.name}"],
+                 [sys.executable, "-m", "mobilenet.export",
+                  f"--workdir={folders / 'runs' / row.name}", "--int8"]]
+  assert [command for command, _ in fake.calls] == expected
+
+
+def test_kept_results_carry_the_export_figures_and_the_table_its_columns(folders, monkeypatch):
+  monkeypatch.setattr(subprocess, "run", FakeTrain())
+  assert sweep.main(["table5"]) == 0
+  for row in TABLE5:
+    kept = json.loads((folders / "results" / "runs" / row.name / "eval_results.json").read_text())
+    assert kept["litert_fp32_ms"] == 5.0 and kept["litert_int8_top1"] == 0.69
+  assert "LiteRT int8 ms" in (folders / "results" / "table5" / "results.md").read_text()
+  assert (folders / "results" / "table5" / "accuracy_vs_latency.png").is_file()
+
+
+def test_a_failed_export_stops_the_sweep_in_one_line_with_the_command(
+    folders, capsys, monkeypatch):
+  fake = FakeTrain(export_fails=True)
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["table5"]) == 1
+  error = capsys.readouterr().err.strip()
+  first = TABLE5[0]
+  command = f"{sys.executable} -m mobilenet.export --workdir={folders / 'runs' / first.name} --int8"
+  assert error == (f"error: {first.name} trained, but its export failed (exit 1): `{command}`; "
+                   "rerun the sweep to export it again")
+  assert len(fake.train_calls) == 1  # no further row trained
+  assert not (folders / "results" / "runs" / first.name).exists()  # the row is not finished
+  assert not (folders / "results" / "table5").exists()
+
+
+def test_an_export_that_merges_no_figures_stops_the_sweep(folders, capsys, monkeypatch):
+  monkeypatch.setattr(subprocess, "run", FakeTrain(export_merges=False))
+  assert sweep.main(["table5"]) == 1
+  error = capsys.readouterr().err.strip()
+  assert "\n" not in error and "mobilenet.export" in error
+  assert "lacks litert_fp32_ms, litert_int8_ms, litert_int8_top1" in error
+  assert not (folders / "results" / "runs" / TABLE5[0].name).exists()
+
+
+def test_a_failed_training_names_its_command_and_skips_the_export(folders, capsys, monkeypatch):
+  calls = []
+
+  def failing_train(command, *, cwd, check, env):
+    del cwd, check, env
+    calls.append(command)
+    raise subprocess.CalledProcessError(3, command)
+
+  monkeypatch.setattr(subprocess, "run", failing_train)
+  assert sweep.main(["table5"]) == 1
+  error = capsys.readouterr().err.strip()
+  assert error.startswith(f"error: {TABLE5[0].name} failed (exit 3): `{sys.executable} train.py")
+  assert error.endswith("rerun to resume it")
+  assert [command[1] for command in calls] == ["train.py"]
