@@ -10,10 +10,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
+from mobilenet import allocator, native_stderr  # pylint: disable=g-import-not-at-top
 
-from mobilenet import allocator, cli, train_lib
+if __name__ == "__main__":
+  # Before TensorFlow and JAX load (see train.py).
+  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
+  native_stderr.hide_known_noise()
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+from mobilenet import cli, train_lib  # pylint: disable=g-import-not-at-top
 
 config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "dws.py"),
@@ -34,6 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
   flags.mark_flag_as_required("workdir")
   cli.run(main)

@@ -7,10 +7,18 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
+from mobilenet import allocator, native_stderr  # pylint: disable=g-import-not-at-top
 
-from mobilenet import allocator, cli, train_lib
+if __name__ == "__main__":
+  # Before TensorFlow and JAX load: the re-exec then imports them once, and the filter is in
+  # place for their start-up notices.
+  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
+  native_stderr.hide_known_noise()
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+from mobilenet import cli, train_lib  # pylint: disable=g-import-not-at-top
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:alpha=0.5]",
                                 lock_config=True)
@@ -22,13 +30,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config, workdir = cli.prepare(FLAGS.config, FLAGS.workdir, for_training=True)
-  result = train_lib.train_and_evaluate(config, workdir)
+  result = cli.train(FLAGS.config, FLAGS.workdir)
   if "preempted_at" in result:
     sys.exit(train_lib.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
-  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
   flags.mark_flag_as_required("config")
   cli.run(main)
