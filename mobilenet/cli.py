@@ -1,5 +1,6 @@
 """What train.py and eval.py share: config checks before any compilation, the workdir, and
 one-line errors instead of tracebacks for the mistakes a user can fix."""
+import contextlib
 import gc
 import logging as python_logging
 import os
@@ -112,6 +113,39 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None, *,
   elif not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist")
   return config, workdir
+
+
+def remove_empty_folders(workdir: str) -> None:
+  """Removes `workdir` and the folders below it if none holds a file (rmdir refuses others)."""
+  for directory, _, _ in os.walk(workdir, topdown=False):
+    try:
+      os.rmdir(directory)
+    except OSError:
+      pass
+
+
+@contextlib.contextmanager
+def no_empty_workdir_left_on_failure(workdir: str):
+  """A start that fails (a bad data folder, a wrong class count) leaves no empty workdir behind,
+  which a later run of another model would otherwise meet. Only a workdir this run created is
+  removed, and only while no file was written in it."""
+  existed = os.path.lexists(workdir)
+  try:
+    yield
+  except BaseException:
+    if not existed:
+      remove_empty_folders(workdir)
+    raise
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict:
+  """train.py: checks the config, then trains and evaluates in the workdir (see above)."""
+  train_lib.initialize_distributed(config)
+  check_config(config)
+  workdir = workdir or default_workdir(config)
+  with no_empty_workdir_left_on_failure(workdir):
+    check_writable(workdir)
+    return train_lib.train_and_evaluate(config, workdir)
 
 
 def _lookup(config, dotted: str):

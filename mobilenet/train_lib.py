@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mobilenet import checkpoints, costs, data, metrics, model, optim
@@ -176,17 +177,23 @@ def evaluate(steps: Steps, state: TrainState, config, step: int | None = None) -
 
 
 def measure_inference_speed(net, state: TrainState, config, *, batch_size: int = 64) -> float:
-  """Images per second of the jitted forward pass on this device, after warm-up."""
+  """Images per second of the jitted forward pass on this device.
+
+  Compiled ahead, untimed; then batches are timed until `train.inference_benchmark_s` is spent,
+  at least one. Stopping at the budget matters for slow models: a floor of a warm-up call and
+  three timed ones kept a Conv MobileNet at 224 px on 2 CPU cores busy for 22 s after its final
+  evaluation (7.6 s a call), where this takes one compilation and one call.
+  """
   resolution = config.data.resolution
   images = jnp.zeros((batch_size, resolution, resolution, 3), jnp.dtype(config.model.dtype))
   forward = jax.jit(lambda s, x: net.apply(
       {"params": s.ema_params, "batch_stats": s.batch_stats}, x, train=False))
-  forward(state, images).block_until_ready()
+  compiled = forward.lower(state, images).compile()
   count, start = 0, time.perf_counter()
-  while time.perf_counter() - start < config.train.inference_benchmark_s or count < 3:
-    forward(state, images).block_until_ready()
+  while count < 1 or time.perf_counter() - start < config.train.inference_benchmark_s:
+    compiled(state, images).block_until_ready()
     count += 1
-  return count * batch_size / (time.perf_counter() - start)
+  return count * batch_size / max(time.perf_counter() - start, 1e-9)
 
 
 def read_eval_results(path: str) -> dict:
@@ -226,6 +233,48 @@ def write_eval_results(workdir: str, config, step: int, results: dict, *,
     with open(path, "w", encoding="utf-8") as out:
       json.dump(record, out, indent=2)
   return record
+
+
+class RemainingTime:
+  """The ETA of the progress lines, from this session's steps after its first one.
+
+  The first step of a session includes compiling the step (and restoring, after a resume),
+  and earlier sessions ran at their own speed: neither says how fast the remaining steps go.
+  Until a second step has finished, the estimate uses the interval being logged.
+  """
+
+  def __init__(self, total_steps: int):
+    self.total_steps = total_steps
+    self._since = None  # (step, time) when the session's first step had finished
+
+  def first_step_done(self, step: int, now: float) -> None:
+    self._since = (step, now)
+
+  def seconds(self, step: int, now: float, interval_step_time_s: float) -> float:
+    if self._since is None or step <= self._since[0]:
+      step_time = interval_step_time_s
+    else:
+      step_time = (now - self._since[1]) / (step - self._since[0])
+    return (self.total_steps - step) * step_time
+
+
+def short_run_warning(opt, *, steps_per_epoch: int, total_steps: int) -> str | None:
+  """One line when the run ends before its learning-rate warm-up does (None otherwise)."""
+  warmup_steps = int(opt.warmup_epochs * steps_per_epoch)
+  if total_steps >= warmup_steps:
+    return None
+  return (f"this run ({total_steps} steps) is shorter than its learning-rate warm-up "
+          f"({warmup_steps} steps = optimizer.warmup_epochs={opt.warmup_epochs:g} epochs): the "
+          "rate never reaches its peak; train more epochs or lower optimizer.warmup_epochs")
+
+
+def finished_run_results(workdir: str, latest_step: int | None, total_steps: int) -> dict | None:
+  """The results of a run that already ended: its latest checkpoint is the final step and its
+  eval_results.json evaluates that step (a run killed in its final evaluation has none)."""
+  if latest_step is None or latest_step < total_steps:
+    return None
+  record = read_eval_results(os.path.join(workdir, EVAL_RESULTS_FILE))
+  return record if record.get("step") == latest_step else None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -295,6 +344,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except checkpoints.IncompatibleCheckpoint:
       checkpointer.close()
       raise
+  finished = finished_run_results(workdir, start_step, total_steps)
+  if finished is not None:  # nothing to train or evaluate again, nothing to append to the logs
+    checkpointer.close()
+    metrics.console(f"This run is finished (step {start_step} of {total_steps}); its results are "
+                    f"in {os.path.join(workdir, EVAL_RESULTS_FILE)}")
+    return {**finished, "finished_before": True}
+  warning = short_run_warning(config.optimizer, steps_per_epoch=steps_per_epoch,
+                              total_steps=total_steps)
+  if warning:
+    logging.warning(warning)
 
   mesh = device_mesh()
   net = build_model(config)
@@ -328,6 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = data.train_batches(config.data, global_batch_size=global_batch, seed=config.seed,
                                start_step=start_step)
   pending = []  # (step, device metrics) not yet checked on the host
+  remaining_time = RemainingTime(total_steps)
   last_checked = time.perf_counter()
   train_start = time.perf_counter()
   images_seen = 0
@@ -354,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     means.update(learning_rate=float(schedule(now_step - 1)), images_per_s=images_per_s,
                  step_time_s=elapsed / len(fetched), steps=len(fetched))
     writer.write(now_step, "train", means)
-    remaining = (total_steps - now_step) * means["step_time_s"]
+    remaining = remaining_time.seconds(now_step, time.perf_counter(), means["step_time_s"])
     metrics.console(
         f"step {now_step:>6}/{total_steps}  loss {means['loss']:.4f}  "
         f"acc {100 * means['accuracy']:5.1f}%  lr {means['learning_rate']:.5f}  "
@@ -374,6 +434,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoints.kill_if_injected("train", done)
         pending.append((done, step_metrics))
         images_seen += global_batch
+        if step == start_step:  # it compiled the step: the ETA counts the steps after it
+          jax.block_until_ready(step_metrics)
+          remaining_time.first_step_done(done, time.perf_counter())
         if done % log_every == 0 or done == total_steps:
           check_pending(done)
         if preemption.requested:
@@ -395,10 +458,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       final_step = max(total_steps, start_step)
       if start_step < total_steps:
         save(final_step)
+      del batches  # its prefetching would compete with the final evaluation for the CPU
       eval_results = evaluate(steps, state, config, final_step)
       writer.write(final_step, "eval", eval_results)
-      metrics.console(f"final eval at step {final_step}: top-1 {100 * eval_results['top1']:.2f}%  "
-                      f"top-5 {100 * eval_results['top5']:.2f}%")
       extra = {"infer_images_per_s": measure_inference_speed(net, state, config)}
       if images_seen:
         extra.update(session_train_wall_s=train_seconds,
@@ -409,7 +471,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         extra.update(train_wall_s=train_seconds_all,
                      train_images_per_s=final_step * global_batch / train_seconds_all)
       checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
-      return write_eval_results(workdir, config, final_step, eval_results, **extra)
+      record = write_eval_results(workdir, config, final_step, eval_results, **extra)
+      metrics.console(f"final eval at step {final_step}: top-1 {100 * eval_results['top1']:.2f}%  "
+                      f"top-5 {100 * eval_results['top5']:.2f}%; results in "
+                      f"{os.path.join(workdir, EVAL_RESULTS_FILE)}")
+      return record
   except BaseException:
     checkpointer.close(quietly=True)
     raise
