@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, write_varied_image_folder
 
 TINY = "alpha=0.25,resolution=32,batch=8"
 
@@ -258,3 +258,42 @@ def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
     single_change = _changes(state_single[group], start)
     multi_change = _changes(state_multi[group], start)
     assert single_change and _relative_difference(multi_change, single_change) < 1e-3, group
+
+
+@pytest.fixture(scope="module")
+def varied_folder(tmp_path_factory) -> pathlib.Path:
+  return write_varied_image_folder(tmp_path_factory.mktemp("varied") / "images")
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_default_config_trains_and_evaluates_on_photos_of_mixed_sizes(varied_folder, tmp_path,
+                                                                      cache):
+  """The README's first command on a user's folder (sizes 9x12 to 4000x10 and 1200x1600, the
+  first image the smallest): only the length and the image size are cut for speed."""
+  workdir = tmp_path / "run"
+  result = _run("train.py", "--config=configs/dws.py:epochs=0.6,resolution=32,batch=8",
+                f"--config.data.folder={varied_folder}", "--config.model.num_classes=3",
+                f"--config.data.cache={cache}", "--config.train.inference_benchmark_s=0.1",
+                f"--workdir={workdir}")
+  assert "24 train / 6 eval examples" in result.stdout
+  assert "final eval at step 2: " in result.stdout
+  assert f"results in {workdir / 'eval_results.json'}" in result.stdout.splitlines()[-1]
+  assert json.loads((workdir / "eval_results.json").read_text())["num_examples"] == 6
+  assert "is shorter than its learning-rate warm-up (3 steps" in result.stderr
+  for noise in ("oneDNN", "absl::InitializeLog", "Corrupt JPEG data"):
+    assert noise not in result.stderr, result.stderr
+
+
+def test_eval_py_alone_evaluates_a_32_px_run_and_keeps_its_training_fields(tiny_image_folder,
+                                                                          tmp_path):
+  workdir = tmp_path / "run"
+  _run("train.py", *_train_flags(tiny_image_folder, workdir, epochs=1))
+  trained = json.loads((workdir / "eval_results.json").read_text())
+  (workdir / "eval_results.json").write_text(json.dumps({**trained, "top1": -1.0}))
+  _run("eval.py", f"--workdir={workdir}")  # model, resolution and data from the checkpoint
+  evaluated = json.loads((workdir / "eval_results.json").read_text())
+  assert evaluated["resolution"] == 32 and evaluated["alpha"] == 0.25
+  assert evaluated["top1"] == pytest.approx(trained["top1"])
+  assert evaluated["num_examples"] == 9
+  for field in ("train_wall_s", "train_images_per_s", "session_train_wall_s"):
+    assert evaluated[field] == trained[field], field
