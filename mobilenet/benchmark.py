@@ -30,7 +30,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import allocator, model, ops, optim, train_lib
+from mobilenet import allocator, model, ops, optim, parity, train_lib
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -88,13 +88,6 @@ def _load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
   except OSError:
     return []
-
-
-def _cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------
@@ -172,45 +165,25 @@ def _import_torch():
 class TorchModel:
   """The architecture of `model.architecture()` in PyTorch, with its training step and inference.
 
-  The step mirrors train_lib's: cross-entropy with the config's label smoothing, SGD with
-  Nesterov momentum at the config's peak learning rate, weight decay as an L2 term on the
-  kernels optim.weight_decay_mask decays (not on depthwise kernels unless the config says so,
-  never on BatchNorm or biases) and the config's gradient clipping. PyTorch pads 3x3
-  convolutions symmetrically, TF-style 'SAME' pads stride-2 layers 0 before and 1 after: the
-  output sizes and the work are the same.
+  The network and optimizer are mobilenet.torch_twin's, which the parity runs train: TF-style
+  'SAME' padding, Flax's initialisation, SGD with Nesterov momentum (or AdamW) at the config's
+  peak learning rate with weight decay on the kernels optim.weight_decay_mask decays, optax's
+  gradient clipping; the loss is cross-entropy with the config's label smoothing.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variant: str, threads: int):
     torch = self.torch = _import_torch()
-    nn = torch.nn
+    from mobilenet import torch_twin  # pylint: disable=import-outside-toplevel  (needs torch)
+    self.twin = torch_twin
     opt = config.optimizer
-    if opt.name != "sgd":
-      raise ValueError(f"--torch mirrors optimizer.name=sgd only; got {opt.name!r}")
+    torch_twin.check_optimizer(opt)
     torch.manual_seed(config.seed)
     torch.set_num_threads(threads)
     m = config.model
     batch, resolution = config.train.global_batch_size, config.data.resolution
-    *convs, classifier = model.architecture(variant, m.alpha, m.num_classes)
-    layers, decayed, not_decayed = [], [], []
-    for layer in convs:
-      conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                       padding=layer.kernel_size // 2, groups=layer.groups, bias=False)
-      norm = nn.BatchNorm2d(layer.out_channels, eps=m.bn_epsilon, momentum=1.0 - m.bn_momentum)
-      depthwise = layer.groups > 1
-      (decayed if opt.weight_decay_on_depthwise or not depthwise else not_decayed).append(
-          conv.weight)
-      not_decayed += list(norm.parameters())
-      layers += [conv, norm, nn.ReLU(inplace=True)]
-    linear = nn.Linear(classifier.in_channels, classifier.out_channels)
-    decayed.append(linear.weight)
-    not_decayed.append(linear.bias)
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(m.dropout_rate), linear]
-    self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
-    self.optimizer = torch.optim.SGD(
-        [{"params": decayed, "weight_decay": opt.weight_decay},
-         {"params": not_decayed, "weight_decay": 0.0}],
-        lr=optim.peak_learning_rate(opt, batch), momentum=opt.momentum,
-        nesterov=opt.nesterov and opt.momentum > 0)
+    self.net = torch_twin.build_model(config, variant)
+    self.optimizer = torch_twin.create_optimizer(opt, self.net,
+                                                 optim.peak_learning_rate(opt, batch))
     self.label_smoothing = opt.label_smoothing
     self.grad_clip_norm = opt.grad_clip_norm
     self.images = torch.randn(batch, 3, resolution, resolution).to(
@@ -231,8 +204,7 @@ class TorchModel:
     loss = self.torch.nn.functional.cross_entropy(logits.float(), self.labels,
                                                   label_smoothing=self.label_smoothing)
     loss.backward()
-    if self.grad_clip_norm > 0:
-      self.torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip_norm)
+    self.twin.clip_by_global_norm(self.net.parameters(), self.grad_clip_norm)
     self.optimizer.step()
 
   def predict(self) -> None:
@@ -410,7 +382,7 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
   config = benchmark_config(config, batch, resolution)
   if FLAGS.torch:
     _import_torch()
-  threads = _cores()
+  threads = parity.cores()
   report = {
       "device": train_lib.device_description(),
       "jax": jax.__version__,

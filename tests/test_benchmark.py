@@ -66,7 +66,7 @@ def test_the_torch_twin_decays_the_kernels_our_mask_decays():
                                                       jax.tree.leaves(mask)) if m)
   theirs = sorted(p.numel() for p in decayed["params"])
   assert ours == theirs
-  assert isinstance(twin.net[-1], torch.nn.Linear)
+  assert isinstance(twin.net.classifier, torch.nn.Linear)
   twin.train()
 
 
