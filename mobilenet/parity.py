@@ -1,0 +1,434 @@
+"""Parity of our JAX training with an independent PyTorch implementation of the same recipe.
+
+  python -m mobilenet.parity train --config=configs/dws.py[:seed=N] --workdir=W
+  python -m mobilenet.parity compare --jax J1 J2 ... --torch T1 T2 ... [--out results/parity]
+
+`train` trains the config's model in PyTorch (CPU, channels_last, one thread per core) with
+what train.py trains it with, taken from the same functions wherever they are not JAX code: the
+layers of model.architecture(), Flax's default initialisation (mobilenet.torch_twin), the very
+batches train.py sees at each step (data.train_batches for (seed, step)), optim's learning rate
+at each step, its weight-decay mask and placement, gradient clipping, label smoothing, dropout,
+the parameter EMA that evaluation uses, and evaluation over every example of the eval split
+once. It writes what train.py writes (metrics.jsonl, config.json, eval_results.json with
+framework "torch"), evaluates on train.py's schedule, and saves a checkpoint at each evaluation:
+the same command resumes, on the same batches; a finished run says so and exits 0.
+
+`compare` reads finished runs of both frameworks and writes <out>/parity.json (final top-1 per
+seed, means, spreads, per-epoch curves) and <out>/parity.png (val top-1 per epoch).
+"""
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from mobilenet import allocator, checkpoints, data, metrics, optim, report, train_lib
+
+FRAMEWORK = "torch"
+CHECKPOINT_FILE = "torch_state.pt"  # in <workdir>/checkpoints, beside where orbax's would be
+PARITY_JSON = "parity.json"
+PARITY_PLOT = "parity.png"
+
+
+def _import_twin():
+  try:
+    from mobilenet import torch_twin  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError("parity train needs PyTorch, which is not installed (it is not a project "
+                     "dependency: `pip install torch`)") from None
+  return torch_twin
+
+
+def cores() -> int:
+  """The CPU cores this process may run on: PyTorch's thread count (and the benchmark's)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def checkpoint_path(workdir: str) -> str:
+  return os.path.join(workdir, checkpoints.SUBDIRECTORY, CHECKPOINT_FILE)
+
+
+def dropout_seed(seed: int, step: int) -> int:
+  """Dropout's random numbers depend on (seed, step) only, as JAX's fold_in(key, step): a
+  resumed run draws what an uninterrupted one would."""
+  return int(np.random.SeedSequence([seed, 1, step]).generate_state(1)[0])
+
+
+class ParameterAverage:
+  """optax.incremental_update's EMA of the parameters, as train_lib keeps it; with decay 0 the
+  parameters themselves (nothing is stored)."""
+
+  def __init__(self, net, decay: float):
+    self.decay = decay
+    self.values = [p.detach().clone() for p in net.parameters()] if decay > 0 else None
+
+  def update(self, net, torch) -> None:
+    if self.values is None:
+      return
+    with torch.no_grad():
+      for average, param in zip(self.values, net.parameters()):
+        average.mul_(self.decay).add_(param, alpha=1.0 - self.decay)
+
+  @contextlib.contextmanager
+  def in_use(self, net, torch):
+    """The averaged parameters in the network for the duration (evaluation uses them)."""
+    if self.values is None:
+      yield
+      return
+    with torch.no_grad():
+      kept = [p.detach().clone() for p in net.parameters()]
+      for param, average in zip(net.parameters(), self.values):
+        param.copy_(average)
+    try:
+      yield
+    finally:
+      with torch.no_grad():
+        for param, value in zip(net.parameters(), kept):
+          param.copy_(value)
+
+
+def to_torch(batch: dict, torch) -> tuple:
+  """(images NCHW in channels_last memory, int64 labels) from a data.py batch (NHWC numpy)."""
+  images = torch.tensor(np.asarray(batch["image"], np.float32)).permute(0, 3, 1, 2)
+  return images, torch.tensor(np.asarray(batch["label"], np.int64))
+
+
+def _autocast(config, torch):
+  """bfloat16 compute with float32 parameters, as model.dtype=bfloat16 asks."""
+  if config.model.dtype == "bfloat16":
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+  return contextlib.nullcontext()
+
+
+def evaluate(net, average: ParameterAverage, config, torch) -> dict[str, float]:
+  """train_lib.evaluate's figures: top-1, top-5 and loss (no smoothing) over every example of
+  the eval split once, the padding of the last batch masked."""
+  functional = torch.nn.functional
+  k = min(5, config.model.num_classes)
+  top1 = top5 = count = 0
+  loss = 0.0
+  net.eval()
+  with average.in_use(net, torch), torch.no_grad():
+    for batch in data.eval_batches(config.data, global_batch_size=config.train.eval_batch_size):
+      images, labels = to_torch(batch, torch)
+      mask = torch.tensor(np.asarray(batch["mask"], bool))
+      with _autocast(config, torch):
+        logits = net(images)
+      logits = logits.float()
+      top1 += int(((logits.argmax(-1) == labels) & mask).sum())
+      top5 += int(((logits.topk(k, -1).indices == labels[:, None]).any(-1) & mask).sum())
+      loss += float(functional.cross_entropy(logits, labels, reduction="none")[mask].sum())
+      count += int(mask.sum())
+  return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "count": count}
+
+
+def _save(path: str, step: int, net, optimizer, average: ParameterAverage, config, torch) -> None:
+  """Written to a temporary file and renamed: a kill mid-write leaves the previous one whole."""
+  state = {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+           "ema": average.values, "config": config.to_json_best_effort()}
+  temporary = path + ".tmp"
+  torch.save(state, temporary)
+  os.replace(temporary, path)
+
+
+def learning_rates(config, *, steps_per_epoch: int, total_steps: int) -> list[float]:
+  """The rate of each step, from optim's schedule at the number of updates before it (as
+  optax's optimizers evaluate it)."""
+  schedule = optim.learning_rate_schedule(
+      config.optimizer, global_batch_size=config.train.global_batch_size,
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  return [float(rate) for rate in np.asarray(schedule(np.arange(total_steps)))]
+
+
+def _finished_record(workdir: str, total_steps: int) -> dict:
+  record = train_lib.read_eval_results(os.path.join(workdir, train_lib.EVAL_RESULTS_FILE))
+  if record.get("framework") == FRAMEWORK and record.get("step") == total_steps:
+    return record
+  return {}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains the PyTorch twin from its checkpoint in `workdir` (or from scratch) to the end."""
+  twin = _import_twin()
+  torch = twin.torch
+  functional = torch.nn.functional
+  twin.check_optimizer(config.optimizer)
+  info = data.dataset_info(config.data)
+  if info.num_classes != config.model.num_classes:
+    raise ValueError(f"model.num_classes is {config.model.num_classes} but the dataset has "
+                     f"{info.num_classes} classes; set --config.model.num_classes={info.num_classes}")
+  global_batch = config.train.global_batch_size
+  steps_per_epoch, total_steps = optim.steps_for(info.num_train_examples, global_batch,
+                                                 config.train.num_epochs)
+  eval_every = config.train.eval_every_steps or steps_per_epoch
+  log_every = max(config.train.log_every_steps, 1)
+  rates = learning_rates(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+  path = checkpoint_path(workdir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  saved = torch.load(path, weights_only=True) if os.path.exists(path) else None
+  if saved is not None:
+    checkpoints.check_compatible(json.loads(saved["config"]), config.to_dict(), workdir,
+                                 for_training=True)
+    finished = _finished_record(workdir, total_steps)
+    if saved["step"] >= total_steps and finished:
+      metrics.console(f"{workdir}: already finished ({total_steps} steps): top-1 "
+                      f"{100 * finished['top1']:.2f}%, in {train_lib.EVAL_RESULTS_FILE}; "
+                      "nothing to do")
+      return {**finished, "already_finished": True}
+
+  threads = cores()
+  torch.set_num_threads(threads)
+  torch.manual_seed(config.seed)
+  net = twin.build_model(config)
+  optimizer = twin.create_optimizer(config.optimizer, net, rates[0])
+  average = ParameterAverage(net, config.optimizer.ema_decay)
+  start_step = 0
+  if saved is not None:
+    net.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if average.values is not None:
+      average.values = saved["ema"]
+    start_step = saved["step"]
+    metrics.console(f"Resumed from the checkpoint of step {start_step} in {workdir}")
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as out:
+    out.write(config.to_json_best_effort(indent=2))
+  metrics.console(
+      f"PyTorch {torch.__version__} twin, {threads} threads: {config.model.variant} "
+      f"alpha={config.model.alpha} {config.data.resolution}px | {info.num_train_examples} train "
+      f"/ {info.num_eval_examples} eval examples | {total_steps} steps of {global_batch} "
+      f"({steps_per_epoch}/epoch)")
+
+  writer = metrics.MetricWriter(workdir)
+  batches = data.train_batches(config.data, global_batch_size=global_batch, seed=config.seed,
+                               start_step=start_step)
+  pending = []  # (loss, accuracy, grad_norm) since the last train record
+  train_start = last_logged = time.perf_counter()
+  images_seen = 0
+
+  def evaluate_and_log(step: int) -> None:
+    nonlocal last_logged
+    results = evaluate(net, average, config, torch)
+    writer.write(step, "eval", {**results, "epoch": step / steps_per_epoch})
+    metrics.console(f"eval at step {step}: top-1 {100 * results['top1']:.2f}%  "
+                    f"top-5 {100 * results['top5']:.2f}%")
+    last_logged = time.perf_counter()  # step times exclude evaluation
+    return results
+
+  try:
+    for step in range(start_step, total_steps):
+      images, labels = to_torch(next(batches), torch)
+      for group in optimizer.param_groups:
+        group["lr"] = rates[step]
+      torch.manual_seed(dropout_seed(config.seed, step))
+      net.train()
+      with _autocast(config, torch):
+        logits = net(images)
+      loss = functional.cross_entropy(logits.float(), labels,
+                                      label_smoothing=config.optimizer.label_smoothing)
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      grad_norm = twin.clip_by_global_norm(net.parameters(), config.optimizer.grad_clip_norm)
+      optimizer.step()
+      average.update(net, torch)
+      done = step + 1
+      checkpoints.kill_if_injected("train", done)
+      images_seen += global_batch
+      accuracy = (logits.detach().argmax(-1) == labels).float().mean()
+      pending.append((loss.item(), accuracy.item(), grad_norm))
+      if not np.isfinite(pending[-1][0]):
+        raise train_lib.NonFiniteLoss(
+            f"the loss became {pending[-1][0]} at step {done}; stopping: the checkpoint in "
+            f"{path} (if any) is kept")
+      if done % log_every == 0 or done == total_steps:
+        elapsed = time.perf_counter() - last_logged
+        losses, accuracies, norms = zip(*pending)
+        writer.write(done, "train", {
+            "loss": np.mean(losses), "accuracy": np.mean(accuracies), "grad_norm": np.mean(norms),
+            "learning_rate": rates[done - 1],
+            "images_per_s": len(pending) * global_batch / max(elapsed, 1e-9),
+            "step_time_s": elapsed / len(pending), "steps": len(pending)})
+        metrics.console(f"step {done:>6}/{total_steps}  loss {np.mean(losses):.4f}  "
+                        f"acc {100 * np.mean(accuracies):5.1f}%  lr {rates[done - 1]:.5f}  "
+                        f"{len(pending) * global_batch / max(elapsed, 1e-9):7.1f} img/s")
+        pending = []
+        last_logged = time.perf_counter()
+      if done % eval_every == 0 and done != total_steps:
+        evaluate_and_log(done)  # before the save: a kill in between re-evaluates, never skips
+        _save(path, done, net, optimizer, average, config, torch)
+    train_seconds = time.perf_counter() - train_start
+    if start_step < total_steps:
+      _save(path, total_steps, net, optimizer, average, config, torch)
+    results = evaluate_and_log(total_steps)
+  finally:
+    writer.close()
+  extra = {"framework": FRAMEWORK, "torch": torch.__version__, "threads": threads}
+  if images_seen:
+    extra.update(session_train_wall_s=train_seconds,
+                 session_train_images_per_s=images_seen / train_seconds)
+  train_seconds_all = metrics.training_seconds(workdir)  # over every session of the run
+  if train_seconds_all > 0:
+    extra.update(train_wall_s=train_seconds_all,
+                 train_images_per_s=total_steps * global_batch / train_seconds_all)
+  return train_lib.write_eval_results(workdir, config, total_steps, results, **extra)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def load_run(workdir: str, framework: str) -> dict:
+  """A finished run's final top-1, seed, recipe and per-epoch val top-1 (from metrics.jsonl's
+  eval records; a step evaluated twice, by a resumed run, counts with its last record)."""
+  record = train_lib.read_eval_results(os.path.join(workdir, train_lib.EVAL_RESULTS_FILE))
+  if "top1" not in record:
+    raise ValueError(f"{workdir}: no {train_lib.EVAL_RESULTS_FILE} with a top1: not a finished run")
+  found = record.get("framework", "jax")
+  if found != framework:
+    raise ValueError(f"{workdir}: a {found} run, given as --{framework}")
+  try:
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as file:
+      config = json.load(file)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
+      lines = [json.loads(line) for line in file if line.strip()]
+  except (OSError, ValueError) as error:
+    raise ValueError(f"{workdir}: cannot read its config.json or metrics.jsonl ({error})") from None
+  evals = {line["step"]: line for line in lines if line.get("kind") == "eval"}
+  final_step, num_epochs = record["step"], config["train"]["num_epochs"]
+  steps = sorted(evals)
+  return {
+      "workdir": workdir, "framework": framework, "seed": record.get("seed", config.get("seed")),
+      "top1": record["top1"], "step": final_step,
+      # JAX's records have no epoch: its evaluations are at multiples of the epoch's steps.
+      "epochs": [evals[s].get("epoch", s * num_epochs / final_step) for s in steps],
+      "top1_per_epoch": [evals[s]["top1"] for s in steps],
+      "recipe": report.protocol_settings(config, ignoring=(report.SEED_FIELD,)),
+  }
+
+
+def _summary(values: list[float]) -> dict:
+  return {"mean": statistics.fmean(values),
+          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+          "range": max(values) - min(values)}
+
+
+def compare(jax_workdirs: list[str], torch_workdirs: list[str], out: str) -> dict:
+  """Writes parity.json and parity.png in `out`; returns the JSON's record."""
+  runs = ([load_run(w, "jax") for w in jax_workdirs]
+          + [load_run(w, FRAMEWORK) for w in torch_workdirs])
+  reference = runs[0]["recipe"]
+  # Runs of one recipe differ in the seed only; anything else is reported, not hidden.
+  differences = {}
+  for run in runs[1:]:
+    fields = report.differing_fields(reference, run["recipe"])
+    if fields:
+      differences[run["workdir"]] = {f: [reference[f], run["recipe"][f]] for f in fields}
+      print(f"warning: {run['workdir']} was trained with another recipe than "
+            f"{runs[0]['workdir']}: " + ", ".join(
+                f"{f}={run['recipe'][f]!r} (not {reference[f]!r})" for f in fields),
+            file=sys.stderr)
+  by_framework = {name: [run for run in runs if run["framework"] == name]
+                  for name in ("jax", FRAMEWORK)}
+  record = {}
+  for name, group in by_framework.items():
+    finals = [run["top1"] for run in group]
+    summary = _summary(finals)
+    record.update({f"{name}_top1": finals, f"{name}_seeds": [run["seed"] for run in group],
+                   f"{name}_top1_mean": summary["mean"], f"{name}_top1_std": summary["std"],
+                   f"{name}_top1_range": summary["range"]})
+  record["torch_minus_jax_top1"] = record["torch_top1_mean"] - record["jax_top1_mean"]
+  record["curves"] = {name: [{key: run[key] for key in ("workdir", "seed", "step", "epochs",
+                                                         "top1_per_epoch")} for run in group]
+                      for name, group in by_framework.items()}
+  record["recipe_differences"] = differences
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, PARITY_JSON), "w", encoding="utf-8") as file:
+    json.dump(record, file, indent=2)
+  plot(by_framework, record, os.path.join(out, PARITY_PLOT))
+  return record
+
+
+def plot(by_framework: dict, record: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+  figure, axes = pyplot.subplots(figsize=(7, 4.5))
+  styles = {"jax": ("tab:blue", "JAX"), FRAMEWORK: ("tab:orange", "PyTorch")}
+  for name, group in by_framework.items():
+    colour, label = styles[name]
+    for index, run in enumerate(group):
+      axes.plot(run["epochs"], [100 * v for v in run["top1_per_epoch"]], color=colour,
+                linestyle=("-", "--", ":", "-.")[index % 4], marker="o", markersize=3,
+                label=f"{label} seed {run['seed']}")
+  axes.set_xlabel("epoch")
+  axes.set_ylabel("val top-1 (%)")
+  axes.set_title(f"JAX {100 * record['jax_top1_mean']:.1f}% vs PyTorch "
+                 f"{100 * record['torch_top1_mean']:.1f}% (mean final top-1)")
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+
+
+def compare_main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m mobilenet.parity compare",
+                                   description="JAX against PyTorch runs of one recipe.")
+  parser.add_argument("--jax", nargs="+", required=True, help="finished train.py workdirs")
+  parser.add_argument("--torch", nargs="+", required=True, help="finished parity train workdirs")
+  parser.add_argument("--out", default=os.path.join("results", "parity"))
+  args = parser.parse_args(argv)
+  try:
+    record = compare(args.jax, args.torch, args.out)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  print(f"JAX top-1 {100 * record['jax_top1_mean']:.2f}% (std {100 * record['jax_top1_std']:.2f}, "
+        f"{len(record['jax_top1'])} runs); PyTorch {100 * record['torch_top1_mean']:.2f}% (std "
+        f"{100 * record['torch_top1_std']:.2f}, {len(record['torch_top1'])} runs); PyTorch - JAX "
+        f"{100 * record['torch_minus_jax_top1']:+.2f} points. Wrote "
+        f"{os.path.join(args.out, PARITY_JSON)} and {PARITY_PLOT}")
+  return 0
+
+
+# --------------------------------------------------------------------------- command line
+
+USAGE = ("usage: python -m mobilenet.parity train --config=configs/dws.py[:seed=N] --workdir=W\n"
+         "       python -m mobilenet.parity compare --jax J... --torch T... [--out DIR]")
+
+
+def _train_command() -> None:
+  """absl's flags are defined here, not at import, so tests may import this module beside the
+  benchmark (which defines --config too)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from mobilenet import cli  # pylint: disable=import-outside-toplevel
+
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:seed=1]",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoint, metrics and results of the PyTorch run")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    if argv[1:] != ["train"]:
+      raise app.UsageError(USAGE)
+    config, workdir = cli.prepare(flags.FLAGS.config, flags.FLAGS.workdir, for_training=True)
+    train_and_evaluate(config, workdir)
+
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  if len(sys.argv) > 1 and sys.argv[1] == "compare":
+    sys.exit(compare_main(sys.argv[2:]))
+  if len(sys.argv) < 2 or sys.argv[1] != "train":
+    print(USAGE, file=sys.stderr)
+    sys.exit(2)
+  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed, as train.py
+  _train_command()
