@@ -418,6 +418,7 @@ def _train_command() -> None:
   def main(argv):
     if argv[1:] != ["train"]:
       raise app.UsageError(USAGE)
+    _import_twin().check_optimizer(flags.FLAGS.config.optimizer)  # before any workdir is made
     config, workdir = cli.prepare(flags.FLAGS.config, flags.FLAGS.workdir, for_training=True)
     train_and_evaluate(config, workdir)
 
