@@ -195,6 +195,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     net.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if average.values is not None:
+      if saved["ema"] is None:
+        raise ValueError(f"config.optimizer.ema_decay={config.optimizer.ema_decay}: the "
+                         f"checkpoint in {workdir} was trained without a parameter EMA")
       average.values = saved["ema"]
     start_step = saved["step"]
     metrics.console(f"Resumed from the checkpoint of step {start_step} in {workdir}")
@@ -213,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_start = last_logged = time.perf_counter()
   images_seen = 0
 
-  def evaluate_and_log(step: int) -> None:
+  def evaluate_and_log(step: int) -> dict[str, float]:
     nonlocal last_logged
     results = evaluate(net, average, config, torch)
     writer.write(step, "eval", {**results, "epoch": step / steps_per_epoch})
