@@ -35,7 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       num_classes=10,
       dropout_rate=0.2,
       dtype="float32",          # computation dtype: float32 | bfloat16; parameters stay float32
-      depthwise_impl="auto",    # grouped (feature_group_count conv) | auto (shifted on CPU)
+      depthwise_impl="auto",    # grouped (feature_group_count conv) | shifted | ffi | auto (CPU: ffi, else shifted)
       pointwise_impl="auto",    # conv | auto (matmul on CPU)
       standard_impl="auto",     # conv | auto (on CPU: kernel gradient as per-tap matmuls)
       bn_momentum=0.9,
