@@ -519,7 +519,9 @@ def latency_table(resolutions: Sequence[int], *, num_classes: int = 1000, rounds
 
 def model_label(entry: dict) -> str:
   if entry["variant"] == "dws":
-    return f"{entry['alpha']:g} MobileNet-{entry['resolution']}"
+    alpha = entry["alpha"]
+    width = f"{alpha:.1f}" if float(alpha).is_integer() else f"{alpha:g}"  # the paper's "1.0"
+    return f"{width} MobileNet-{entry['resolution']}"
   name = {"conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}[entry["variant"]]
   return f"{name}-{entry['resolution']}"
 
