@@ -139,3 +139,22 @@ def test_int8_runner_quantizes_with_the_models_own_parameters():
   scale, zero_point = runner.input["quantization"]
   quantized = runner.quantize(np.array([-1.0, 0.0, 1.0], np.float32))
   assert np.allclose((quantized.astype(np.float32) - zero_point) * scale, [-1, 0, 1], atol=scale)
+
+
+def test_latency_table_markdown_names_models_as_the_paper_and_derives_its_ratios():
+  timing = lambda median: {"1": {"median_ms": median, "min_ms": median / 2, "max_ms": median * 2}}
+  entries = [dict(tables="4, 6, 7", variant="dws", alpha=1.0, resolution=224, mult_adds=568_740_352,
+                  latency={"fp32": timing(12.0), "int8": timing(4.0)}),
+             dict(tables="5, 6", variant="dws", alpha=0.75, resolution=224, mult_adds=325_400_448,
+                  latency={"fp32": timing(7.0), "int8": timing(3.5)}),
+             dict(tables="4", variant="conv", alpha=1.0, resolution=128, mult_adds=1_589_000_000,
+                  latency={"fp32": timing(35.0), "int8": timing(7.0)})]
+  table = dict(device="cpu: test", runtime="LiteRT", weights="untrained", rounds=5,
+               round_s_per_model=1.0, load_average={"before": [0.5], "after_round_5": [0.7]},
+               threads=[1], models=entries)
+  rows = [line for line in export.format_latency_markdown(table).splitlines()
+          if line.startswith("| ") and "Model" not in line]
+  assert [row.split(" | ")[0] for row in rows] == [
+      "| 1.0 MobileNet-224", "| 0.75 MobileNet-224", "| Conv MobileNet-128"]
+  assert rows[0].endswith("| 12.00 [6.00–24.00] | 4.00 [2.00–8.00] | 3.00x | 2.11 |")
+  assert "| 5.00x |" in rows[2]
