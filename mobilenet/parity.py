@@ -160,15 +160,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   torch = twin.torch
   functional = torch.nn.functional
   twin.check_optimizer(config.optimizer)
-  info = data.dataset_info(config.data)
-  if info.num_classes != config.model.num_classes:
-    raise ValueError(f"model.num_classes is {config.model.num_classes} but the dataset has "
-                     f"{info.num_classes} classes; set --config.model.num_classes={info.num_classes}")
-  global_batch = config.train.global_batch_size
-  steps_per_epoch, total_steps = optim.steps_for(info.num_train_examples, global_batch,
-                                                 config.train.num_epochs)
-  eval_every = config.train.eval_every_steps or steps_per_epoch
-  log_every = max(config.train.log_every_steps, 1)
+  plan = train_lib.plan_run(config)
+  info, global_batch = plan.info, plan.global_batch
+  steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
+  eval_every, log_every = plan.eval_every, plan.log_every
   rates = learning_rates(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
   path = checkpoint_path(workdir)

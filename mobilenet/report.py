@@ -204,19 +204,24 @@ def results_file(path: pathlib.Path) -> Optional[pathlib.Path]:
   return path
 
 
+def read_json(path: pathlib.Path):
+  """The JSON value in `path`; a ReportError naming the file where it cannot be read."""
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ReportError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: "
+                      f"{error.msg})") from None
+  except (OSError, UnicodeDecodeError) as error:
+    raise ReportError(f"{path}: cannot read ({error})") from None
+
+
 def load_settings(source: pathlib.Path, record: dict) -> tuple[dict, bool]:
   """The run's protocol: its config.json's settings (but the seed) and how it was measured."""
   measured = {key: record[key] for key in MEASUREMENT_KEYS if record.get(key) is not None}
   config_path = source.parent / CONFIG_FILENAME
   if not config_path.is_file():
     return measured, False
-  try:
-    config = json.loads(config_path.read_text())
-  except json.JSONDecodeError as error:
-    raise ReportError(f"{config_path}: not valid JSON (line {error.lineno}, column "
-                      f"{error.colno}: {error.msg})") from None
-  except (OSError, UnicodeDecodeError) as error:
-    raise ReportError(f"{config_path}: cannot read ({error})") from None
+  config = read_json(config_path)
   if not isinstance(config, dict):
     raise ReportError(f"{config_path}: expected one JSON object, got {type(config).__name__}")
   return {**protocol_settings(config, ignoring=(SEED_FIELD,)), **measured}, True
@@ -267,13 +272,7 @@ def parse_run(record: Any, source: pathlib.Path) -> Run:
 
 def load_run(source: pathlib.Path) -> Run:
   """Reads and checks one eval_results.json, and the config.json beside it."""
-  try:
-    record = json.loads(source.read_text())
-  except json.JSONDecodeError as error:
-    raise ReportError(f"{source}: not valid JSON (line {error.lineno}, column {error.colno}: "
-                      f"{error.msg})") from None
-  except (OSError, UnicodeDecodeError) as error:
-    raise ReportError(f"{source}: cannot read ({error})") from None
+  record = read_json(source)
   run = parse_run(record, source)
   settings, has_config = load_settings(source, record)
   return dataclasses.replace(run, settings=settings, has_config=has_config)

@@ -5,6 +5,7 @@ each batch is sharded along the mesh's `data` axis, so BatchNorm statistics and
 gradients cover the global batch. The same code runs on one CPU, one GPU or a
 pod slice (with `config.distributed.initialize`).
 """
+import dataclasses
 import functools
 import json
 import os
@@ -322,8 +323,21 @@ def initialize_distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains from the latest checkpoint in `workdir` (or from scratch) to the end; evaluates."""
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """The dataset a run reads, how many steps it takes, and how often it logs, evaluates and
+  saves: what every trainer of this config (train.py's, the PyTorch twin) agrees on."""
+  info: data.DatasetInfo
+  global_batch: int
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  checkpoint_every: int
+  log_every: int
+
+
+def plan_run(config: ml_collections.ConfigDict) -> RunPlan:
+  """The run's plan, after checking that the dataset has the model's number of classes."""
   info = data.dataset_info(config.data)
   if info.num_classes != config.model.num_classes:
     raise ValueError(f"model.num_classes is {config.model.num_classes} but the dataset has "
@@ -331,9 +345,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = config.train.global_batch_size
   steps_per_epoch, total_steps = optim.steps_for(info.num_train_examples, global_batch,
                                                  config.train.num_epochs)
-  eval_every = config.train.eval_every_steps or steps_per_epoch
-  checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch
-  log_every = max(config.train.log_every_steps, 1)
+  return RunPlan(info, global_batch, steps_per_epoch, total_steps,
+                 eval_every=config.train.eval_every_steps or steps_per_epoch,
+                 checkpoint_every=config.train.checkpoint_every_steps or steps_per_epoch,
+                 log_every=max(config.train.log_every_steps, 1))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains from the latest checkpoint in `workdir` (or from scratch) to the end; evaluates."""
+  plan = plan_run(config)
+  info, global_batch = plan.info, plan.global_batch
+  steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
+  eval_every, checkpoint_every, log_every = plan.eval_every, plan.checkpoint_every, plan.log_every
 
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
