@@ -17,10 +17,11 @@ MODEL_FIELDS = ("model.variant", "model.alpha", "model.num_classes")
 EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "data.resolution")
 
 
-def _lookup(config: dict, dotted: str):
+def lookup(config, dotted: str):
+  """config["a"]["b"] for "a.b", in a dict or a ConfigDict; None where a part is missing."""
   value = config
   for part in dotted.split("."):
-    value = value.get(part) if isinstance(value, dict) else None
+    value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
   return value
 
 
@@ -53,10 +54,10 @@ class CheckpointNotWritten(RuntimeError):
 def check_compatible(saved: dict, current: dict, workdir: str, *, for_training: bool) -> None:
   """Refuses a checkpoint of another model (or, to resume training, another optimizer)."""
   for field in MODEL_FIELDS:
-    if _lookup(saved, field) != _lookup(current, field):
+    if lookup(saved, field) != lookup(current, field):
       raise IncompatibleCheckpoint(
           f"{workdir} holds a checkpoint of a different model: {field} is "
-          f"{_lookup(saved, field)!r} there but {_lookup(current, field)!r} in this config; "
+          f"{lookup(saved, field)!r} there but {lookup(current, field)!r} in this config; "
           "use another --workdir or the checkpoint's config")
   if for_training and _optimizer_structure(saved) != _optimizer_structure(current):
     raise IncompatibleCheckpoint(
@@ -74,6 +75,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+    self.workdir = workdir
     self.directory = os.path.join(os.path.abspath(workdir), SUBDIRECTORY)
     self._steps_being_saved = collections.deque()
     self._closed = False
@@ -100,6 +102,13 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                               f"(steps there: {list(self.manager.all_steps())})")
     return step
+
+  def step_to_restore(self, step: int | None = None) -> int:
+    """`step`, or the latest; where there is no checkpoint at all, says to train first."""
+    if self.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}: train first with "
+                              f"train.py --workdir={self.workdir}")
+    return self.latest_step() if step is None else step
 
   def saved_config(self, step: int | None = None) -> dict:
     step = self._existing_step(step)
@@ -151,3 +160,14 @@ class Checkpointer:
       if not quietly:
         raise
       logging.warning("closing the checkpoint manager after an error: %r", error)
+
+
+def read_trained_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """The config a run's checkpoint (the latest by default) was saved with, and its step: what
+  eval.py and the export take the model and its resolution from."""
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    step = checkpointer.step_to_restore(step)
+    return checkpointer.saved_config(step), step
+  finally:
+    checkpointer.close()

@@ -148,13 +148,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict:
     return train_lib.train_and_evaluate(config, workdir)
 
 
-def _lookup(config, dotted: str):
-  value = config
-  for part in dotted.split("."):
-    value = value.get(part) if hasattr(value, "get") else None
-  return value
-
-
 def _update_known_fields(config: ml_collections.ConfigDict, saved: dict) -> None:
   """Copies the saved values of the fields this code still has (older runs may lack some)."""
   for key, value in saved.items():
@@ -176,13 +169,14 @@ def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides:
   """
   config = base.get_base_config()
   _update_known_fields(config, saved)
-  trained = {field: _lookup(config, field) for field in checkpoints.EVALUATION_FIELDS}
+  trained = {field: checkpoints.lookup(config, field) for field in checkpoints.EVALUATION_FIELDS}
   hint = "; eval.py reads the model from the checkpoint, so --config can be left out"
   if file_config is not None:
     for field, value in trained.items():
-      if _lookup(file_config, field) != value:
-        raise ValueError(f"--config: {field} is {_lookup(file_config, field)!r} there, but the "
-                         f"checkpoint in {workdir} was trained with {field}={value!r}{hint}")
+      given = checkpoints.lookup(file_config, field)
+      if given != value:
+        raise ValueError(f"--config: {field} is {given!r} there, but the checkpoint in "
+                         f"{workdir} was trained with {field}={value!r}{hint}")
   for field, value in overrides.items():
     if field in trained and value != trained[field]:
       extra = (" (--resolution=N evaluates at another resolution deliberately)"
@@ -201,14 +195,7 @@ def prepare_evaluation(config_flag, workdir: str, *, step: int | None,
   train_lib.initialize_distributed(config_flag.value)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist")
-  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    if checkpointer.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with "
-                              f"train.py --workdir={workdir}")
-    saved = checkpointer.saved_config(step)
-  finally:
-    checkpointer.close()
+  saved, _ = checkpoints.read_trained_config(workdir, step)
   config = evaluation_config(
       saved, workdir, file_config=config_flag.value if config_flag.present else None,
       overrides=config_flags.get_override_values(config_flag), resolution=resolution)

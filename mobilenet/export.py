@@ -32,9 +32,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from mobilenet import checkpoints, costs, data, model, optim, train_lib
+from mobilenet import checkpoints, costs, data, model, train_lib
 
 EXPORT_SUBDIRECTORY = "export"
 FP32_FILENAME = "model_fp32.tflite"
@@ -233,15 +232,8 @@ def config_from_checkpoint(workdir: str, step: Optional[int] = None,
 
   The same role as train_lib.build_model's config, read from the checkpoint itself so that the
   export cannot disagree with the weights; data_folder replaces where the images were."""
-  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with "
-                              f"train.py --workdir={workdir}")
-    config = ml_collections.ConfigDict(checkpointer.saved_config(step))
-  finally:
-    checkpointer.close()
+  saved, step = checkpoints.read_trained_config(workdir, step)
+  config = ml_collections.ConfigDict(saved)
   if data_folder:
     config.data.folder = data_folder
   return config, step
@@ -258,15 +250,10 @@ def export_model(config: ml_collections.ConfigDict) -> model.MobileNet:
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: int,
                       net: model.MobileNet) -> dict:
   """{'params': the EMA weights, 'batch_stats': ...} of the checkpoint of `step`."""
-  mesh = train_lib.device_mesh()
-  resolution = config.data.resolution
-  abstract_params = jax.eval_shape(net.init, jax.random.key(0),
-                                   jnp.zeros((1, resolution, resolution, 3)))["params"]
-  # The optimizer only shapes the state to restore into; any schedule will do.
-  tx = optim.create_optimizer(config.optimizer, optax.constant_schedule(0.0), abstract_params)
   checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
   try:
-    state = checkpointer.restore(train_lib.create_train_state(config, net, tx, mesh), step)
+    state, _ = train_lib.restore_for_evaluation(config, net, checkpointer, step,
+                                                train_lib.device_mesh())
   finally:
     checkpointer.close()
   return jax.device_get({"params": state.ema_params, "batch_stats": state.batch_stats})

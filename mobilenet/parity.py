@@ -147,13 +147,6 @@ def learning_rates(config, *, steps_per_epoch: int, total_steps: int) -> list[fl
   return [float(rate) for rate in np.asarray(schedule(np.arange(total_steps)))]
 
 
-def _finished_record(workdir: str, total_steps: int) -> dict:
-  record = train_lib.read_eval_results(os.path.join(workdir, train_lib.EVAL_RESULTS_FILE))
-  if record.get("framework") == FRAMEWORK and record.get("step") == total_steps:
-    return record
-  return {}
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains the PyTorch twin from its checkpoint in `workdir` (or from scratch) to the end."""
   twin = _import_twin()
@@ -172,8 +165,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if saved is not None:
     checkpoints.check_compatible(json.loads(saved["config"]), config.to_dict(), workdir,
                                  for_training=True)
-    finished = _finished_record(workdir, total_steps)
-    if saved["step"] >= total_steps and finished:
+    finished = train_lib.finished_run_results(workdir, saved["step"], total_steps)
+    if finished is not None and finished.get("framework") == FRAMEWORK:
       metrics.console(f"{workdir}: already finished ({total_steps} steps): top-1 "
                       f"{100 * finished['top1']:.2f}%, in {train_lib.EVAL_RESULTS_FILE}; "
                       "nothing to do")

@@ -507,6 +507,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
 
 
+def restore_for_evaluation(config, net, checkpointer: checkpoints.Checkpointer, step: int,
+                           mesh: Mesh) -> tuple[TrainState, optax.GradientTransformation]:
+  """The state of the checkpoint of `step`, restored into `net`'s shapes on `mesh`, and the
+  optimizer that shaped it (only its state's structure matters: any schedule will do)."""
+  abstract_params = jax.eval_shape(
+      net.init, jax.random.key(0),
+      jnp.zeros((1, config.data.resolution, config.data.resolution, 3)))["params"]
+  tx = optim.create_optimizer(config.optimizer, optax.constant_schedule(0.0), abstract_params)
+  return checkpointer.restore(create_train_state(config, net, tx, mesh), step), tx
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict:
   """Restores a checkpoint (the latest by default), evaluates it, writes eval_results.json.
@@ -517,21 +528,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                          read_only=True)
   try:
-    if checkpointer.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with "
-                              f"train.py --workdir={workdir}")
-    step = checkpointer.latest_step() if step is None else step
+    step = checkpointer.step_to_restore(step)
     saved = checkpointer.saved_config(step)
     checkpoints.check_compatible(saved, config.to_dict(), workdir, for_training=False)
     trained_resolution = saved.get("data", {}).get("resolution", config.data.resolution)
     mesh = device_mesh()
     net = build_model(config)
-    # The optimizer only shapes the state to restore into; any schedule will do.
-    abstract_params = jax.eval_shape(
-        net.init, jax.random.key(0),
-        jnp.zeros((1, config.data.resolution, config.data.resolution, 3)))["params"]
-    tx = optim.create_optimizer(config.optimizer, optax.constant_schedule(0.0), abstract_params)
-    state = checkpointer.restore(create_train_state(config, net, tx, mesh), step)
+    state, tx = restore_for_evaluation(config, net, checkpointer, step, mesh)
     steps = Steps(config, net, tx, mesh)
     results = evaluate(steps, state, config)
     speed = measure_inference_speed(net, state, config)
