@@ -77,8 +77,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       name="sgd",               # sgd (Nesterov momentum) | rmsprop (TensorFlow's) | adamw
       learning_rate=0.4,        # peak, for a global batch of 256; scaled linearly with the batch
       scale_learning_rate_with_batch=True,
-      schedule="warmup_cosine",  # warmup_cosine | exponential
+      schedule="warmup_cosine",  # warmup_cosine | flat_cosine | exponential
       warmup_epochs=1.0,
+      flat_fraction=0.5,        # flat_cosine: share of training at the peak before the cosine
       decay_rate=0.94,          # exponential: factor every decay_epochs (staircase)
       decay_epochs=2.0,
       momentum=0.9,

@@ -71,6 +71,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f"{', '.join(optim.SCHEDULES)}; got {o.schedule!r}")
   _require(o.learning_rate > 0, f"config.optimizer.learning_rate must be > 0; "
            f"got {o.learning_rate}")
+  _require(0 <= o.flat_fraction < 1, f"config.optimizer.flat_fraction must be in [0, 1); "
+           f"got {o.flat_fraction}")
   _require(0 <= o.ema_decay < 1, f"config.optimizer.ema_decay must be in [0, 1); "
            f"got {o.ema_decay}")
 

@@ -6,7 +6,7 @@ import ml_collections
 import optax
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
-SCHEDULES = ("warmup_cosine", "exponential")
+SCHEDULES = ("warmup_cosine", "flat_cosine", "exponential")
 
 
 def peak_learning_rate(opt: ml_collections.ConfigDict, global_batch_size: int) -> float:
@@ -24,6 +24,16 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, *, global_batch_size:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=max(warmup_steps, 0),
         decay_steps=max(total_steps, 1), end_value=0.0)
+  if opt.schedule == "flat_cosine":
+    # fast.ai's flat-then-anneal: warm-up, the peak held until `flat_fraction` of training,
+    # then a cosine to zero over the rest.
+    warmup_steps = int(opt.warmup_epochs * steps_per_epoch)
+    flat_end = max(int(opt.flat_fraction * total_steps), warmup_steps)
+    pieces = [optax.linear_schedule(0.0, peak, warmup_steps)] if warmup_steps > 0 else []
+    pieces += [optax.constant_schedule(peak),
+               optax.cosine_decay_schedule(peak, max(total_steps - flat_end, 1))]
+    boundaries = ([warmup_steps] if warmup_steps > 0 else []) + [flat_end]
+    return optax.join_schedules(pieces, boundaries)
   if opt.schedule == "exponential":
     # The paper's recipe (as TF's slim trainer): staircase decay every `decay_epochs`.
     decay = optax.exponential_decay(

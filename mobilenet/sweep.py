@@ -80,10 +80,11 @@ def finished(row: Row) -> bool:
   return (RESULTS / "runs" / row.name / "eval_results.json").is_file()
 
 
-def requested_config(row: Row, extra_flags: list[str]) -> dict:
-  """The config train.py builds for this row and these flags, as its config.json stores it."""
+def requested_config(config: str, extra_flags: list[str]) -> dict:
+  """The config train.py builds from `--config=<config>` and these flags, as its config.json
+  stores it."""
   overrides = [flag for flag in extra_flags if flag.startswith("--config.")]
-  argv = ["sweep", f"--config={PROJECT_ROOT / row.config}", *overrides]
+  argv = ["sweep", f"--config={PROJECT_ROOT / config}", *overrides]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
   args.extra = argv[split + 1:]
   rows = TABLES[args.table]
   try:
-    stale = {row: stale_reason(row, requested_config(row, args.extra)) for row in rows}
+    stale = {row: stale_reason(row, requested_config(row.config, args.extra)) for row in rows}
   except (flags.Error, KeyError, AttributeError, ValueError) as error:  # bad flags or config.json
     from mobilenet import cli  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
     print(f"error: {cli.flag_error_message(error, ['sweep', *args.extra])}", file=sys.stderr)

@@ -71,6 +71,15 @@ def test_warmup_cosine_rises_to_the_batch_scaled_peak_and_ends_at_zero():
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_flat_cosine_holds_the_peak_after_warmup_then_anneals_to_zero():
+  config = base.get_base_config().optimizer
+  config.update(schedule="flat_cosine", learning_rate=0.256, warmup_epochs=1.0, flat_fraction=0.5)
+  schedule = optim.learning_rate_schedule(config, global_batch_size=256, steps_per_epoch=10,
+                                          total_steps=100)
+  rates = [float(schedule(s)) for s in (0, 5, 10, 30, 50, 75, 100)]
+  assert rates == pytest.approx([0.0, 0.128, 0.256, 0.256, 0.256, 0.128, 0.0], abs=1e-6)
+
+
 def test_exponential_schedule_is_a_staircase():
   config = base.get_base_config().optimizer
   config.update(schedule="exponential", learning_rate=0.256, warmup_epochs=0.0, decay_rate=0.5,

@@ -27,7 +27,7 @@ def _eval_results(row: sweep.Row) -> dict:
 
 def _write_run(folder: pathlib.Path, row: sweep.Row, *, finished=True, **changes) -> None:
   """A run of `row` as train.py leaves it, its config changed at dotted fields."""
-  config = sweep.requested_config(row, [])
+  config = sweep.requested_config(row.config, [])
   for field, value in changes.items():
     section, name = field.split("__")
     config[section][name] = value
@@ -113,15 +113,15 @@ def test_paths_logging_and_implementation_choices_do_not_make_a_result_stale(fol
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS,
              data__folder="/elsewhere", train__log_every_steps=7, model__depthwise_impl="grouped",
              train__eval_batch_size=32)
-  assert sweep.stale_reason(TABLE5_DWS, sweep.requested_config(TABLE5_DWS, [])) is None
+  assert sweep.stale_reason(TABLE5_DWS, sweep.requested_config(TABLE5_DWS.config, [])) is None
 
 
 def test_flags_after_double_dash_reach_train_and_count_in_the_staleness_check(folders):
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS, train__num_epochs=3.0)
-  shorter = sweep.requested_config(TABLE5_DWS, ["--config.train.num_epochs=3"])
+  shorter = sweep.requested_config(TABLE5_DWS.config, ["--config.train.num_epochs=3"])
   assert sweep.stale_reason(TABLE5_DWS, shorter) is None
   assert "train.num_epochs=3.0" in sweep.stale_reason(TABLE5_DWS,
-                                                      sweep.requested_config(TABLE5_DWS, []))
+                                                      sweep.requested_config(TABLE5_DWS.config, []))
 
 
 def test_missing_rows_train_then_results_and_table_are_written(folders, monkeypatch):

@@ -1,0 +1,313 @@
+"""The recipe search on held-out data: MobileNet-1.0 at 128 px, trained on the first 90% of each
+training class (`train[:90%]`) and scored on the other tenth (`train[90%:]`); the validation
+split is never read.
+
+    python -m mobilenet.tune [--epochs 5] [--dry-run] [--report-only]
+                             [--workdirs runs/tune] [--results results/tuning]
+
+The search runs in stages, each decided by the finished results of the stages before it, so
+that a rerun resumes where it stopped (each run also resumes from its own checkpoints):
+  1. the peak learning rate, over 8x, everything else as START;
+  2. one change at a time from stage 1's best: schedule, optimizer, weight decay, label
+     smoothing, dropout, minimum crop area, batch size, parameter EMA (FACTORS);
+  3. stage 1's best with every change of stage 2 that helped (the best one per factor), when
+     two or more did;
+  4. a second seed of the winner and of the runner-up, so that the choice is not noise.
+Each run is an ordinary train.py run in `--workdirs/<name>`; finished runs keep their
+eval_results.json, config.json and metrics.jsonl in `--results/runs/<name>`, and the ranked
+table (held-out top-1, final training loss, training time) and its plot go to `--results`.
+"""
+import argparse
+import dataclasses
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+from typing import Any, Optional
+
+from mobilenet import report
+from mobilenet.metrics import format_duration
+from mobilenet import sweep
+
+CONFIG_FILE = "configs/dws.py"
+HELD_OUT = {"data.train_split": "train[:90%]", "data.eval_split": "train[90%:]"}
+# Where the search starts: the recipe before tuning, pinned here so that a later change of
+# configs/base.py (the winner, say) does not change what these runs mean.
+START = {
+    "optimizer.name": "sgd", "optimizer.learning_rate": 0.4, "optimizer.schedule": "warmup_cosine",
+    "optimizer.weight_decay": 5e-5, "optimizer.label_smoothing": 0.1, "model.dropout_rate": 0.2,
+    "data.min_area": 0.25, "train.global_batch_size": 64, "optimizer.ema_decay": 0.0,
+}
+LEARNING_RATES = (0.2, 0.4, 0.8, 1.6)  # peak, per 256 images (scaled linearly with the batch)
+FACTORS = {
+    "schedule": ({"optimizer.schedule": "flat_cosine"},),
+    # TensorFlow's RMSprop as the paper trained; AdamW at its usual rate and decoupled decay.
+    "optimizer": ({"optimizer.name": "rmsprop"},
+                  {"optimizer.name": "adamw", "optimizer.learning_rate": 0.004,
+                   "optimizer.weight_decay": 0.05}),
+    "weight decay": ({"optimizer.weight_decay": 1e-5}, {"optimizer.weight_decay": 2e-4}),
+    "label smoothing": ({"optimizer.label_smoothing": 0.0},),
+    "dropout": ({"model.dropout_rate": 0.0},),
+    "crop area": ({"data.min_area": 0.08}, {"data.min_area": 0.5}),
+    "batch size": ({"train.global_batch_size": 32}, {"train.global_batch_size": 128}),
+    "EMA": ({"optimizer.ema_decay": 0.995},),
+}
+ABBREVIATIONS = {
+    "optimizer.learning_rate": "lr", "optimizer.name": "", "optimizer.schedule": "",
+    "optimizer.weight_decay": "wd", "optimizer.label_smoothing": "ls",
+    "model.dropout_rate": "drop", "data.min_area": "crop", "train.global_batch_size": "batch",
+    "optimizer.ema_decay": "ema",
+}
+SECOND_SEED = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  """One run: START with `changes` (field -> value, sorted by field), for `epochs`, with `seed`."""
+  changes: tuple[tuple[str, Any], ...]
+  epochs: float
+  seed: int = 0
+  stage: str = ""
+
+  @property
+  def recipe(self) -> str:
+    """The name of the recipe, the same for every seed."""
+    parts = [f"{ABBREVIATIONS[field]}{value:g}" if isinstance(value, (int, float))
+             else f"{ABBREVIATIONS[field]}{value}" for field, value in self.changes]
+    return f"dws_e{self.epochs:g}_" + "_".join(parts)
+
+  @property
+  def name(self) -> str:
+    return f"{self.recipe}_s{self.seed}"
+
+  @property
+  def config(self) -> str:
+    return f"{CONFIG_FILE}:seed={self.seed}"
+
+  def flags(self) -> list[str]:
+    settings = {**HELD_OUT, **START, "train.num_epochs": float(self.epochs), **dict(self.changes)}
+    return [f"--config.{field}={value}" for field, value in settings.items()]
+
+
+def trial(changes: dict, epochs: float, stage: str, seed: int = 0) -> Trial:
+  return Trial(tuple(sorted(changes.items())), epochs, seed, stage)
+
+
+@dataclasses.dataclass
+class Folders:
+  workdirs: pathlib.Path
+  results: pathlib.Path
+
+  def kept(self, item: Trial) -> pathlib.Path:
+    return self.results / "runs" / item.name
+
+  def finished(self, item: Trial) -> bool:
+    return (self.kept(item) / "eval_results.json").is_file()
+
+
+def top1(folders: Folders, item: Trial) -> Optional[float]:
+  if not folders.finished(item):
+    return None
+  return report.read_json(folders.kept(item) / "eval_results.json")["top1"]
+
+
+def best(folders: Folders, trials: list[Trial]) -> Trial:
+  return max(trials, key=lambda item: top1(folders, item))
+
+
+def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
+  """The trials decided so far, and whether they are all: a stage is decided only once every
+  trial of the stages before it has finished."""
+  stage1 = [trial({"optimizer.learning_rate": rate}, epochs, "1: learning rate")
+            for rate in LEARNING_RATES]
+  trials = list(stage1)
+  if not all(map(folders.finished, stage1)):
+    return trials, False
+  base = best(folders, stage1)
+  variants = {factor: [trial({**dict(base.changes), **change}, epochs, f"2: {factor}")
+                       for change in changes] for factor, changes in FACTORS.items()}
+  trials += [item for items in variants.values() for item in items]
+  if not all(map(folders.finished, trials)):
+    return trials, False
+
+  gains = []  # (gain over base, factor, change) of the best variant of each factor that helped
+  for factor, items in variants.items():
+    winner = best(folders, items)
+    if top1(folders, winner) > top1(folders, base):
+      change = FACTORS[factor][items.index(winner)]
+      gains.append((top1(folders, winner) - top1(folders, base), factor, change))
+  if len(gains) >= 2:
+    combined, changed = dict(base.changes), set()
+    for _, _, change in sorted(gains, key=lambda entry: -entry[0]):
+      if changed.isdisjoint(change):  # a factor that touches a field already changed is left out
+        combined.update(change)
+        changed.update(change)
+    candidate = trial(combined, epochs, "3: combined")
+    if candidate.name not in {item.name for item in trials}:  # not one of stage 2's trials
+      trials.append(candidate)
+      if not folders.finished(candidate):
+        return trials, False
+
+  first, second = sorted(trials, key=lambda item: -top1(folders, item))[:2]
+  trials += [dataclasses.replace(item, seed=SECOND_SEED, stage="4: second seed")
+             for item in (first, second)]
+  return trials, True
+
+
+def stale_reason(folders: Folders, item: Trial) -> Optional[str]:
+  """Why the trial's result or unfinished run was made with other settings; None if it was not."""
+  folder = folders.kept(item) if folders.finished(item) else folders.workdirs / item.name
+  if not (folder / "config.json").is_file():
+    return None
+  stored = report.read_json(folder / "config.json")
+  differences = sweep.config_differences(stored, sweep.requested_config(item.config, item.flags()))
+  if not differences:
+    return None
+  return f"{folder} was made with {differences[0]}; move it away to run the trial afresh"
+
+
+def run(folders: Folders, item: Trial) -> None:
+  """Trains the trial (resuming its workdir) and keeps its results."""
+  workdir = folders.workdirs / item.name
+  sweep.run_command([sys.executable, "train.py", f"--config={item.config}",
+                     f"--workdir={workdir}", *item.flags()])
+  folders.kept(item).mkdir(parents=True, exist_ok=True)
+  for file_name in sweep.KEPT_FILES:
+    shutil.copy2(workdir / file_name, folders.kept(item) / file_name)
+
+
+# ---------------------------------------------------------------- the ranked table
+
+def final_train_loss(metrics_file: pathlib.Path) -> Optional[float]:
+  losses = [record["loss"] for record in map(json.loads, metrics_file.read_text().splitlines())
+            if record.get("kind") == "train"]
+  return losses[-1] if losses else None
+
+
+def ranking(folders: Folders, trials: list[Trial]) -> list[dict]:
+  """One entry per recipe with a finished run, best mean held-out top-1 first."""
+  recipes: dict[str, dict] = {}
+  for item in trials:
+    if not folders.finished(item):
+      continue
+    results = report.read_json(folders.kept(item) / "eval_results.json")
+    entry = recipes.setdefault(item.recipe, dict(
+        recipe=item.recipe, stage=item.stage, changes=dict(item.changes), seeds=[], top1=[],
+        final_train_loss=[], train_wall_s=[]))
+    entry["seeds"].append(item.seed)
+    entry["top1"].append(results["top1"])
+    entry["final_train_loss"].append(final_train_loss(folders.kept(item) / "metrics.jsonl"))
+    entry["train_wall_s"].append(results.get("train_wall_s"))
+  ranked = sorted(recipes.values(), key=lambda entry: -sum(entry["top1"]) / len(entry["top1"]))
+  for entry in ranked:
+    entry["mean_top1"] = sum(entry["top1"]) / len(entry["top1"])
+  return ranked
+
+
+def describe(changes: dict) -> str:
+  differences = {field: value for field, value in changes.items() if START.get(field) != value}
+  return ", ".join(f"{field}={value}" for field, value in differences.items()) or "(start)"
+
+
+def markdown(ranked: list[dict], epochs: float, complete: bool) -> str:
+  lines = [f"# Recipe search: MobileNet-1.0 at 128 px, {epochs:g} epochs, held-out top-1",
+           "",
+           f"Trained on `{HELD_OUT['data.train_split']}` of each Imagenette class, scored on "
+           f"`{HELD_OUT['data.eval_split']}` (the validation split is not used). Made by "
+           "`python -m mobilenet.tune`; each recipe is the start recipe with the listed changes.",
+           "", *([] if complete else ["The search is not finished: later stages are to run.", ""]),
+           "| Rank | Recipe | Stage | Changes from the start | Seeds | Held-out top-1 | "
+           "Final train loss | Train time |",
+           "|---:|---|---|---|---:|---:|---:|---:|"]
+  for rank, entry in enumerate(ranked, 1):
+    per_seed = " / ".join(f"{value:.1%}" for value in entry["top1"])
+    accuracy = (f"{entry['mean_top1']:.1%}" if len(entry["top1"]) == 1
+                else f"{entry['mean_top1']:.1%} ({per_seed})")
+    losses = [value for value in entry["final_train_loss"] if value is not None]
+    loss = f"{sum(losses) / len(losses):.3f}" if losses else "n/a"
+    times = [value for value in entry["train_wall_s"] if value is not None]
+    time = format_duration(sum(times) / len(times)) if times else "n/a"
+    lines.append(f"| {rank} | {entry['recipe']} | {entry['stage']} | {describe(entry['changes'])} "
+                 f"| {len(entry['seeds'])} | {accuracy} | {loss} | {time} |")
+  lines += ["", "Start recipe: " + ", ".join(f"{field}={value}" for field, value in START.items()),
+            "", "Final train loss: the last logged training loss (label-smoothed where the "
+            "recipe smooths, so compare it only between recipes with the same smoothing). "
+            "Train time: the training steps, evaluation excluded (mean over seeds)."]
+  return "\n".join(lines) + "\n"
+
+
+def plot(ranked: list[dict], path: pathlib.Path, epochs: float) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+  figure, axes = pyplot.subplots(figsize=(8, 0.35 * len(ranked) + 1.2))
+  names = [entry["recipe"] for entry in ranked][::-1]
+  means = [entry["mean_top1"] * 100 for entry in ranked][::-1]
+  axes.barh(names, means, color="#9ecae1")
+  for row, entry in enumerate(ranked[::-1]):
+    axes.plot([value * 100 for value in entry["top1"]], [row] * len(entry["top1"]), "k.")
+  axes.set_xlim(min(means) - 5, max(means) + 2)
+  axes.set_xlabel(f"held-out top-1 (%) after {epochs:g} epochs; dots: seeds")
+  axes.set_title("Recipe search, MobileNet-1.0 at 128 px")
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+
+
+def write_ranking(folders: Folders, trials: list[Trial], epochs: float, complete: bool) -> None:
+  ranked = ranking(folders, trials)
+  if not ranked:
+    print("tune: no finished runs yet", file=sys.stderr)
+    return
+  folders.results.mkdir(parents=True, exist_ok=True)
+  (folders.results / "tuning.json").write_text(json.dumps(
+      dict(epochs=epochs, held_out=HELD_OUT, start=START, complete=complete, recipes=ranked),
+      indent=2) + "\n")
+  (folders.results / "tuning.md").write_text(markdown(ranked, epochs, complete))
+  plot(ranked, folders.results / "tuning.png", epochs)
+  print(f"tune: {len(ranked)} recipes ranked in {folders.results / 'tuning.md'}")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m mobilenet.tune",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--epochs", type=float, default=5.0, help="the budget of every run")
+  parser.add_argument("--workdirs", type=pathlib.Path, default=sweep.RUNS / "tune")
+  parser.add_argument("--results", type=pathlib.Path, default=sweep.RESULTS / "tuning")
+  parser.add_argument("--dry-run", action="store_true", help="list the trials decided so far")
+  parser.add_argument("--report-only", action="store_true", help="rebuild the ranking only")
+  args = parser.parse_args(argv)
+  folders = Folders(args.workdirs.resolve(), args.results.resolve())
+  while True:
+    trials, complete = plan(folders, args.epochs)
+    reasons = [reason for reason in map(lambda item: stale_reason(folders, item), trials) if reason]
+    if args.dry_run or reasons or args.report_only:
+      break
+    missing = [item for item in trials if not folders.finished(item)]
+    if not missing:
+      break
+    try:
+      run(folders, missing[0])
+    except subprocess.CalledProcessError as error:
+      print(f"error: {missing[0].name} failed (exit {error.returncode}): "
+            f"`{' '.join(map(str, error.cmd))}`; rerun to resume it", file=sys.stderr)
+      return 1
+  if args.dry_run:
+    for item in trials:
+      print(f"{item.name:<40} {item.stage:<20} "
+            f"{'done' if folders.finished(item) else 'missing'}")
+    if not complete:
+      print("(later stages are decided when these have finished)")
+    for reason in reasons:
+      print(f"stale: {reason}")
+    return 0
+  if reasons:
+    print(f"error: {reasons[0]}", file=sys.stderr)
+    return 1
+  write_ranking(folders, trials, args.epochs, complete)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

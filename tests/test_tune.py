@@ -1,0 +1,124 @@
+"""The recipe search: what each stage trains, on which split, and what it ranks."""
+import json
+import pathlib
+import subprocess
+
+import pytest
+
+from mobilenet import sweep
+from mobilenet import tune
+
+# Held-out top-1 that the fake training gives each change from START: the best learning rate is
+# 0.8, three factors help (crop 0.5 most, then batch 32, then EMA), everything else hurts.
+GAINS = {("optimizer.learning_rate", 0.8): 0.05, ("optimizer.learning_rate", 0.4): 0.02,
+         ("data.min_area", 0.5): 0.03, ("train.global_batch_size", 32): 0.02,
+         ("optimizer.ema_decay", 0.995): 0.01}
+
+
+def fake_top1(settings: dict, seed: int) -> float:
+  return 0.6 + sum(GAINS.get(item, -0.01) for item in settings.items()
+                   if tune.START.get(item[0]) != item[1]) - 0.001 * seed
+
+
+class FakeTrain:
+  """Stands in for subprocess.run: train.py leaves a finished run scored by fake_top1."""
+
+  def __init__(self):
+    self.commands = []
+
+  def __call__(self, command, *, cwd, check, env):
+    del cwd, check, env
+    self.commands.append(command)
+    workdir = pathlib.Path(next(arg for arg in command if arg.startswith("--workdir="))
+                           .partition("=")[2])
+    config_arg = next(arg for arg in command if arg.startswith("--config=")).partition("=")[2]
+    flags = [arg for arg in command if arg.startswith("--config.")]
+    config = sweep.requested_config(config_arg, flags)
+    settings = {field: config[field.split(".")[0]][field.split(".")[1]] for field in tune.START}
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(config))
+    (workdir / "eval_results.json").write_text(json.dumps(
+        dict(top1=fake_top1(settings, config["seed"]), train_wall_s=60.0)))
+    (workdir / "metrics.jsonl").write_text(json.dumps(dict(kind="train", step=5, loss=1.5)) + "\n")
+
+
+@pytest.fixture
+def fake_train(monkeypatch) -> FakeTrain:
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  return fake
+
+
+def _main(tmp_path: pathlib.Path, *flags: str) -> int:
+  return tune.main(["--workdirs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                    *flags])
+
+
+def _changes(command: list[str]) -> dict:
+  return dict(arg.removeprefix("--config.").split("=", 1) for arg in command
+              if arg.startswith("--config."))
+
+
+def test_every_run_trains_on_nine_tenths_of_train_and_scores_on_the_rest(tmp_path, fake_train):
+  assert _main(tmp_path) == 0
+  for command in fake_train.commands:
+    assert _changes(command)["data.train_split"] == "train[:90%]"
+    assert _changes(command)["data.eval_split"] == "train[90%:]"
+
+
+def test_the_search_scans_the_rate_then_varies_each_factor_from_the_best_rate(tmp_path,
+                                                                              fake_train):
+  assert _main(tmp_path) == 0
+  rates = [float(_changes(command)["optimizer.learning_rate"]) for command in fake_train.commands]
+  assert rates[:4] == list(tune.LEARNING_RATES)
+  stage2 = fake_train.commands[4:4 + sum(map(len, tune.FACTORS.values()))]
+  assert all(float(_changes(command)["optimizer.learning_rate"]) == 0.8 for command in stage2
+             if _changes(command)["optimizer.name"] != "adamw")
+  assert len(fake_train.commands) >= 16
+
+
+def test_the_combined_recipe_takes_every_factor_that_helped(tmp_path, fake_train):
+  assert _main(tmp_path) == 0
+  ranked = json.loads((tmp_path / "results" / "tuning.json").read_text())["recipes"]
+  combined = next(entry for entry in ranked if entry["stage"] == "3: combined")
+  assert combined["changes"] == {"optimizer.learning_rate": 0.8, "data.min_area": 0.5,
+                                 "train.global_batch_size": 32, "optimizer.ema_decay": 0.995}
+  assert ranked[0]["recipe"] == combined["recipe"]
+
+
+def test_winner_and_runner_up_get_a_second_seed_and_rank_by_their_mean(tmp_path, fake_train):
+  assert _main(tmp_path) == 0
+  ranked = json.loads((tmp_path / "results" / "tuning.json").read_text())
+  assert ranked["complete"]
+  assert [entry["seeds"] for entry in ranked["recipes"][:2]] == [[0, 1], [0, 1]]
+  assert all(entry["seeds"] == [0] for entry in ranked["recipes"][2:])
+  means = [entry["mean_top1"] for entry in ranked["recipes"]]
+  assert means == sorted(means, reverse=True)
+  assert (tmp_path / "results" / "tuning.png").is_file()
+  assert "| 1 | " in (tmp_path / "results" / "tuning.md").read_text()
+
+
+def test_a_rerun_of_a_finished_search_trains_nothing(tmp_path, fake_train):
+  assert _main(tmp_path) == 0
+  fake_train.commands.clear()
+  assert _main(tmp_path) == 0
+  assert not fake_train.commands
+
+
+def test_later_stages_wait_for_the_earlier_ones(tmp_path, fake_train):
+  folders = tune.Folders(tmp_path / "runs", tmp_path / "results")
+  trials, complete = tune.plan(folders, 5.0)
+  assert not complete and len(trials) == len(tune.LEARNING_RATES)
+
+
+def test_a_result_made_with_other_settings_stops_the_search_naming_the_field(tmp_path, fake_train,
+                                                                             capsys):
+  assert _main(tmp_path) == 0
+  first = tmp_path / "results" / "runs" / "dws_e5_lr0.2_s0" / "config.json"
+  config = json.loads(first.read_text())
+  config["optimizer"]["momentum"] = 0.5
+  first.write_text(json.dumps(config))
+  fake_train.commands.clear()
+  assert _main(tmp_path) == 1
+  assert "optimizer.momentum=0.5" in capsys.readouterr().err
+  assert not fake_train.commands
