@@ -20,7 +20,7 @@ if __name__ == "__main__":
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from mobilenet import cli, train_lib  # pylint: disable=g-import-not-at-top
+from mobilenet import cli, evaluation  # pylint: disable=g-import-not-at-top
 
 config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "dws.py"),
@@ -37,7 +37,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config, workdir = cli.prepare_evaluation(FLAGS["config"], FLAGS.workdir, step=FLAGS.step,
                                            resolution=FLAGS.resolution)
-  train_lib.evaluate_checkpoint(config, workdir, FLAGS.step)
+  evaluation.evaluate_checkpoint(config, workdir, FLAGS.step)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ if __name__ == "__main__":
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from mobilenet import cli, train_lib  # pylint: disable=g-import-not-at-top
+from mobilenet import cli, trainer  # pylint: disable=g-import-not-at-top
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:alpha=0.5]",
                                 lock_config=True)
@@ -32,7 +32,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   result = cli.train(FLAGS.config, FLAGS.workdir)
   if "preempted_at" in result:
-    sys.exit(train_lib.EXIT_PREEMPTED)
+    sys.exit(trainer.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

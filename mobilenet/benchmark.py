@@ -3,10 +3,10 @@
   python -m mobilenet.benchmark --config=configs/dws.py [--batch 32] [--resolution 128]
       [--steps N] [--ops] [--torch] [--json] [--variants=dws,conv]
 
-The training step timed is the one train.py runs: `train_lib.Steps(...).train`, with the
-state, optimizer and schedule built by the same functions as `train_lib.train_and_evaluate`
-(loss with the config's label smoothing, weight decay, EMA, the finite-state check), on one
-batch kept on the device. The PyTorch twin uses the same optimizer (SGD, Nesterov momentum, L2
+The training step timed is the one train.py runs: `steps.build(config, mesh).train`, with the
+state, optimizer and schedule built by the same function as the trainer's (loss with the
+config's label smoothing, weight decay, EMA, the finite-state check), on one batch kept on the
+device. The PyTorch twin uses the same optimizer (SGD, Nesterov momentum, L2
 weight decay on the same kernels) and loss. Compile time is reported apart and the timed steps
 follow a warm-up. Other jobs on a shared machine skew absolute numbers, so JAX and PyTorch
 (and the variants) are timed in alternating rounds and compared by their medians: ratios from
@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import allocator, model, ops, optim, parity, train_lib
+from mobilenet import allocator, devices, errors, model, ops, optim, parity, steps
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -106,35 +105,31 @@ def benchmark_config(config: ml_collections.ConfigDict, batch: int,
 class JaxModel:
   """train.py's jitted, compiled training step and the inference of one model, with one batch.
 
-  The optimizer, schedule and state come from the functions train_lib.train_and_evaluate
-  builds them with, so the step timed is the step training runs.
+  The optimizer, schedule and state come from steps.build, as the trainer's do, so the step
+  timed is the step training runs.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variant: str):
-    net = train_lib.build_model(config, variant)
+    config = config.copy_and_resolve_references()
+    config.model.variant = variant
     batch, resolution = config.train.global_batch_size, config.data.resolution
-    mesh = train_lib.device_mesh()
     steps_per_epoch, total_steps = optim.steps_for(SCHEDULE_EXAMPLES, batch,
                                                    config.train.num_epochs)
-    schedule = optim.learning_rate_schedule(config.optimizer, global_batch_size=batch,
-                                            steps_per_epoch=steps_per_epoch,
-                                            total_steps=total_steps)
-    abstract_params = jax.eval_shape(
-        net.init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))["params"]
-    tx = optim.create_optimizer(config.optimizer, schedule, abstract_params)
-    self.state = train_lib.create_train_state(config, net, tx, mesh)
-    self.steps = train_lib.Steps(config, net, tx, mesh)
+    training = steps.build(config, devices.device_mesh(), steps_per_epoch=steps_per_epoch,
+                           total_steps=total_steps)
+    net = training.evaluation.net
+    self.state = training.init()
     rng = np.random.default_rng(config.seed)
-    self.batch = self.steps.global_batch({
+    self.batch = training.evaluation.global_batch({
         "image": rng.standard_normal((batch, resolution, resolution, 3), np.float32).astype(
             jnp.dtype(config.data.image_dtype)),
         "label": rng.integers(0, net.num_classes, batch, dtype=np.int32)})
 
     start = time.perf_counter()
-    self.train_step = self.steps.train.lower(self.state, self.batch).compile()
+    self.train_step = training.train.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    # As train_lib.measure_inference_speed: the weights evaluation uses.
+    # As evaluation.measure_inference_speed: the weights evaluation uses.
     self.infer = jax.jit(lambda state, images: net.apply(
         {"params": state.ema_params, "batch_stats": state.batch_stats}, images,
         train=False)).lower(self.state, self.batch["image"]).compile()
@@ -157,7 +152,7 @@ def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ValueError("--torch needs PyTorch, which is not installed (it is not a project "
+    raise errors.ConfigError("--torch needs PyTorch, which is not installed (it is not a project "
                      "dependency: `pip install torch` to compare against it)") from None
   return torch
 
@@ -352,21 +347,19 @@ def peak_rss_bytes() -> int:
 
 
 def check_config(config: ml_collections.ConfigDict, variants: list[str]) -> None:
-  """One-line ValueErrors naming the bad field, before anything compiles."""
+  """One-line ConfigErrors naming the bad field, before anything compiles: the model's own
+  checks for each variant, and whether its implementations exist on this backend."""
   for variant in variants:
-    try:
-      model.check_hyperparameters(variant, config.model.alpha)
-    except ValueError as error:
-      raise ValueError(f"config.model.{error}") from None
-  if config.model.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype must be float32 or bfloat16; got {config.model.dtype!r}")
+    model_config = config.model.copy_and_resolve_references()
+    model_config.variant = variant
+    model.check_config(model_config)
   for field, resolve in (("depthwise_impl", ops.resolve_depthwise_impl),
                          ("pointwise_impl", ops.resolve_pointwise_impl),
                          ("standard_impl", ops.resolve_standard_impl)):
     try:
       resolve(config.model[field])
-    except ValueError as error:
-      raise ValueError(f"config.model.{error}") from None
+    except errors.ConfigError as error:
+      raise errors.ConfigError(f"config.model.{error}") from None
 
 
 def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decision | None = None
@@ -377,14 +370,14 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
   for name, value, least in (("batch", batch, 1), ("steps", steps, 1), ("rounds", rounds, 1),
                              ("resolution", resolution, 32), ("warmup", FLAGS.warmup, 0)):
     if value < least:
-      raise ValueError(f"--{name} must be >= {least}; got {value}")
+      raise errors.ConfigError(f"--{name} must be >= {least}; got {value}")
   check_config(config, variants)
   config = benchmark_config(config, batch, resolution)
   if FLAGS.torch:
     _import_torch()
   threads = parity.cores()
   report = {
-      "device": train_lib.device_description(),
+      "device": devices.description(),
       "jax": jax.__version__,
       "threads": threads,
       "load_average_start": _load_average(),
@@ -481,7 +474,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     report = run(FLAGS.config, decision)
-  except ValueError as error:
+  except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   if FLAGS.json:

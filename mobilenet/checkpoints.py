@@ -1,20 +1,30 @@
-"""Orbax checkpoints in `<workdir>/checkpoints`, each with the config it was trained with."""
-import collections
-import contextlib
-import os
-import signal
+"""Orbax checkpoints in `<workdir>/checkpoints`: the state, the config it was trained with and
+the training time so far, and everything orbax needs handled around them.
 
-from absl import logging
+    with checkpoints.Checkpointer(workdir, keep=3) as checkpointer:
+      checkpointer.save(step, state, config, train_seconds=...)
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run
+killed mid-save leaves no checkpoint that restore would pick up; the next run deletes that folder.
+"""
+import contextlib
+import gc
+import logging as python_logging
+import os
+import threading
+import time
+from typing import Callable, Optional
+
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+
+from configs import base
+from mobilenet import errors
 
 SUBDIRECTORY = "checkpoints"
-# Fields that decide the shapes of the parameters or of the optimizer state: a checkpoint can
-# only be restored into a run that agrees on them.
-MODEL_FIELDS = ("model.variant", "model.alpha", "model.num_classes")
-# Fields that also decide what evaluating a checkpoint computes: eval.py takes them from the
-# checkpoint and refuses a flag or config file that says otherwise.
-EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "data.resolution")
+STATE, CONFIG, PROGRESS = "state", "config", "progress"
 
 
 def lookup(config, dotted: str):
@@ -25,59 +35,52 @@ def lookup(config, dotted: str):
   return value
 
 
-def _optimizer_structure(config: dict) -> tuple:
-  opt = config.get("optimizer", {})
-  return (opt.get("name"), (opt.get("grad_clip_norm") or 0) > 0,
-          opt.get("name") != "adamw" and (opt.get("weight_decay") or 0) > 0)
-
-
-# Fault injection for tests/test_faults.py: MOBILENET_KILL_AT=<point>:<step> SIGKILLs the run at
-# one point of that step, so the tests can prove that a killed run resumes with nothing lost.
-KILL_AT_ENV = "MOBILENET_KILL_AT"
-
-
-def kill_if_injected(point: str, step: int) -> None:
-  """point: train (the step in flight), save (its checkpoint written but not yet renamed into
-  place) or eval (the evaluation after the step in progress)."""
-  if os.environ.get(KILL_AT_ENV) == f"{point}:{step}":
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class IncompatibleCheckpoint(ValueError):
-  pass
-
-
-class CheckpointNotWritten(RuntimeError):
-  pass
-
-
-def check_compatible(saved: dict, current: dict, workdir: str, *, for_training: bool) -> None:
-  """Refuses a checkpoint of another model (or, to resume training, another optimizer)."""
-  for field in MODEL_FIELDS:
+def check_same_model(saved: dict, current: dict, workdir: str) -> None:
+  """Refuses a checkpoint of another model, naming the field (before anything is compiled)."""
+  for field in base.MODEL_FIELDS:
     if lookup(saved, field) != lookup(current, field):
-      raise IncompatibleCheckpoint(
+      raise errors.IncompatibleCheckpoint(
           f"{workdir} holds a checkpoint of a different model: {field} is "
           f"{lookup(saved, field)!r} there but {lookup(current, field)!r} in this config; "
           "use another --workdir or the checkpoint's config")
-  if for_training and _optimizer_structure(saved) != _optimizer_structure(current):
-    raise IncompatibleCheckpoint(
-        f"{workdir} holds a checkpoint trained with another optimizer setup "
-        f"(name, clipping, weight decay = {_optimizer_structure(saved)} there, "
-        f"{_optimizer_structure(current)} here); use another --workdir")
+
+
+def _path_names(path) -> tuple:
+  return tuple(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))) for key in path)
+
+
+def _shapes(tree) -> dict:
+  return {_path_names(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _join_background_threads(timeout_s: float = 60.0) -> None:
+  """Lets orbax's writer threads end, so that what they log comes before the caller's message.
+
+  Thread.join itself, not the thread's own: orbax's _SignalingThread.join re-raises the error the
+  thread already logged (or raises TimeoutError), which would replace the caller's."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
 class Checkpointer:
   """Saves every K steps and at the end, keeps the last few, restores the latest.
 
-  Orbax writes each checkpoint into a temporary folder and renames it when complete,
-  so a run killed mid-save leaves no checkpoint that restore would pick up; the next
-  run deletes that folder.
+  A context manager: leaving it waits for the last save and stops orbax's threads. Leaving it
+  with an exception also settles what orbax leaves behind after a failed write (its threads'
+  logs, its abandoned coroutines, its event loop's late reports), so that the exception's
+  message is the last thing a user sees.
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False,
+               before_commit: Optional[Callable[[], None]] = None):
+    """before_commit: called when a save is complete in its temporary folder, just before the
+    rename that makes it visible (saves finish in the order they started); tests inject faults
+    there."""
     self.workdir = workdir
     self.directory = os.path.join(os.path.abspath(workdir), SUBDIRECTORY)
-    self._steps_being_saved = collections.deque()
     self._closed = False
     # read_only (eval.py): create nothing, delete nothing; a training run may be writing there.
     self.manager = ocp.CheckpointManager(
@@ -85,13 +88,27 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only,
             cleanup_tmp_directories=not read_only,  # what a run killed mid-save left behind
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._before_rename)),
-        item_names=("state", "config"))
+            async_options=ocp.AsyncOptions(post_finalization_callback=before_commit)),
+        # PyTree (not Standard) handling of the state: it can restore a part of it.
+        item_handlers={STATE: ocp.PyTreeCheckpointHandler(),
+                       CONFIG: ocp.JsonCheckpointHandler(),
+                       PROGRESS: ocp.JsonCheckpointHandler()})
 
-  def _before_rename(self) -> None:
-    """Orbax calls this once a checkpoint is complete in its temporary folder, just before the
-    rename that makes it visible; saves finish in the order they started."""
-    kill_if_injected("save", self._steps_being_saved.popleft())
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, error_type, error, traceback) -> None:
+    if error_type is None:
+      self.close()
+      return
+    self.close(quietly=True)
+    _join_background_threads()
+    # Orbax's abandoned writes, once collected, are reported ("coroutine ... was never
+    # awaited", "Task exception was never retrieved"): collect them now, before the message.
+    gc.collect()
+    # Its event loop keeps its other failed writes until exit, where asyncio would report each
+    # below the message: the same error again.
+    python_logging.getLogger("asyncio").setLevel(python_logging.CRITICAL)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -99,35 +116,68 @@ class Checkpointer:
   def _existing_step(self, step: int | None) -> int:
     step = self.latest_step() if step is None else step
     if step not in self.manager.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
-                              f"(steps there: {list(self.manager.all_steps())})")
+      raise errors.NotFound(f"no checkpoint for step {step} in {self.directory} "
+                            f"(steps there: {list(self.manager.all_steps())})")
     return step
 
   def step_to_restore(self, step: int | None = None) -> int:
     """`step`, or the latest; where there is no checkpoint at all, says to train first."""
     if self.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}: train first with "
-                              f"train.py --workdir={self.workdir}")
+      raise errors.NotFound(f"no checkpoint in {self.directory}: train first with "
+                            f"train.py --workdir={self.workdir}")
     return self.latest_step() if step is None else step
 
   def saved_config(self, step: int | None = None) -> dict:
     step = self._existing_step(step)
-    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored.config
+    return self.manager.restore(step, args=ocp.args.Composite(
+        **{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
-  def save(self, step: int, state, config: ml_collections.ConfigDict) -> None:
-    self._steps_being_saved.append(step)
+  def train_seconds(self, step: int) -> float | None:
+    """Seconds of training steps up to `step` over every session; None for a checkpoint
+    written before the training time was saved with it."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), PROGRESS)):
+      return None
+    progress = self.manager.restore(step, args=ocp.args.Composite(
+        **{PROGRESS: ocp.args.JsonRestore()}))[PROGRESS]
+    return float(progress["train_seconds"])
+
+  def check_restorable(self, abstract_state, step: int, for_what: str) -> None:
+    """Refuses a checkpoint whose state has other leaves or shapes than `abstract_state` (say,
+    another optimizer), naming the first difference, before anything is compiled."""
+    metadata = self.manager.item_metadata(step)[STATE]
+    saved, wanted = _shapes(getattr(metadata, "tree", metadata)), _shapes(abstract_state)
+    if saved == wanted:
+      return
+    path = next((path for path in sorted(set(saved) | set(wanted), key=str)
+                 if saved.get(path) != wanted.get(path)))
+    where = "/".join(map(str, path))
+    there = f"shape {saved[path]}" if path in saved else "nothing"
+    here = f"shape {wanted[path]}" if path in wanted else "nothing"
+    raise errors.IncompatibleCheckpoint(
+        f"{self.workdir} holds a checkpoint whose state cannot {for_what}: at {where} it has "
+        f"{there} where this config has {here} (another optimizer setup?); use another --workdir")
+
+  def save(self, step: int, state, config: ml_collections.ConfigDict, *,
+           train_seconds: float) -> None:
     with self._write_errors():  # the previous save's, which orbax raises when the next one starts
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())),
-          force=True)
+      self.manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(config.to_dict()),
+          PROGRESS: ocp.args.JsonSave({"train_seconds": train_seconds})}), force=True)
 
-  def restore(self, target_state, step: int | None = None):
-    """Restores into the structure, shapes and shardings of `target_state`."""
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores into the structure, shapes and shardings of `abstract_state` (no values needed)."""
     step = self._existing_step(step)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target_state)))
-    return restored.state
+    return self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        item=abstract_state,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}))[STATE]
+
+  def restore_part(self, abstract_part: dict, step: int) -> dict:
+    """Restores only the top-level fields of the state that `abstract_part` names (evaluation
+    needs no optimizer state, hence no optimizer)."""
+    step = self._existing_step(step)
+    return self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        item=abstract_part, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_part),
+        partial_restore=True)}))[STATE]
 
   @contextlib.contextmanager
   def _write_errors(self):
@@ -135,8 +185,9 @@ class Checkpointer:
     try:
       yield
     except (OSError, ValueError) as error:  # tensorstore reports a full disk as a ValueError
-      raise CheckpointNotWritten(f"could not write a checkpoint in {self.directory}: {error}; "
-                                 "the checkpoints there before it are intact") from None
+      raise errors.CheckpointNotWritten(
+          f"could not write a checkpoint in {self.directory}: {error}; the checkpoints there "
+          "before it are intact") from None
 
   def wait(self) -> None:
     with self._write_errors():
@@ -165,9 +216,6 @@ class Checkpointer:
 def read_trained_config(workdir: str, step: int | None = None) -> tuple[dict, int]:
   """The config a run's checkpoint (the latest by default) was saved with, and its step: what
   eval.py and the export take the model and its resolution from."""
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
+  with Checkpointer(workdir, read_only=True) as checkpointer:
     step = checkpointer.step_to_restore(step)
     return checkpointer.saved_config(step), step
-  finally:
-    checkpointer.close()

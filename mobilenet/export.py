@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobilenet import checkpoints, costs, data, model, train_lib
+from configs import base
+from mobilenet import checkpoints, costs, devices, errors, evaluation, model, results
+from mobilenet.input import Dataset
 
 EXPORT_SUBDIRECTORY = "export"
 FP32_FILENAME = "model_fp32.tflite"
@@ -45,7 +47,7 @@ DELEGATE_OP_NAME = "DELEGATE"  # what the interpreter calls a node that a delega
 CUSTOM_OPCODE = 32  # BuiltinOperator.CUSTOM in the TFLite schema: Flex and custom ops
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """A graph the mobile runtime would not run as one XNNPACK partition of builtin ops."""
 
 
@@ -230,7 +232,7 @@ def config_from_checkpoint(workdir: str, step: Optional[int] = None,
                            ) -> tuple[ml_collections.ConfigDict, int]:
   """The config a checkpoint was saved with (the latest by default), and its step.
 
-  The same role as train_lib.build_model's config, read from the checkpoint itself so that the
+  The same role as the config of model.from_config, read from the checkpoint itself so that the
   export cannot disagree with the weights; data_folder replaces where the images were."""
   saved, step = checkpoints.read_trained_config(workdir, step)
   config = ml_collections.ConfigDict(saved)
@@ -239,36 +241,35 @@ def config_from_checkpoint(workdir: str, step: Optional[int] = None,
   return config, step
 
 
-def export_model(config: ml_collections.ConfigDict) -> model.MobileNet:
-  """The checkpoint's model with the library convolutions, computing in float32."""
-  m = config.model
-  return model.MobileNet(num_classes=m.num_classes, variant=m.variant, alpha=m.alpha,
-                         dropout_rate=m.dropout_rate, dtype=jnp.float32,
-                         bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, **EXPORT_IMPLS)
+def export_model(model_config: ml_collections.ConfigDict) -> model.MobileNet:
+  """The model of `model_config` with the library convolutions, computing in float32."""
+  exported = ml_collections.ConfigDict(model_config.to_dict())
+  exported.update(dtype="float32", **EXPORT_IMPLS)
+  return model.from_config(exported)
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: int,
-                      net: model.MobileNet) -> dict:
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: int) -> dict:
   """{'params': the EMA weights, 'batch_stats': ...} of the checkpoint of `step`."""
-  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    state, _ = train_lib.restore_for_evaluation(config, net, checkpointer, step,
-                                                train_lib.device_mesh())
-  finally:
-    checkpointer.close()
-  return jax.device_get({"params": state.ema_params, "batch_stats": state.batch_stats})
+  with checkpoints.Checkpointer(workdir, read_only=True) as checkpointer:
+    _, variables = evaluation.restore_variables(config, checkpointer, step, devices.device_mesh())
+  return jax.device_get({"params": variables["ema_params"],
+                         "batch_stats": variables["batch_stats"]})
 
 
-def calibration_images(data_config, count: int, seed: int = 0) -> Callable[[], Iterator]:
+def float32_dataset(data_config, **changes) -> Dataset:
+  """The Dataset of data_config (with `changes`) in float32, what the models take."""
+  data_config = ml_collections.ConfigDict(data_config.to_dict())
+  data_config.update(image_dtype="float32", **changes)
+  return Dataset(data_config)
+
+
+def calibration_images(dataset: Dataset, count: int, seed: int = 0) -> Callable[[], Iterator]:
   """`count` training images (the train pipeline's crops, never validation images), one at a
   time, for the int8 converter's activation ranges."""
-  data_config = ml_collections.ConfigDict(data_config.to_dict())
-  data_config.cache = False  # a few hundred images: no need to decode the whole split
-  data_config.image_dtype = "float32"
   batch_size = min(64, count)
 
   def images():
-    batches = data.train_batches(data_config, global_batch_size=batch_size, seed=seed)
+    batches = dataset.train_batches(global_batch_size=batch_size, seed=seed)
     produced = 0
     while produced < count:
       for image in next(batches)["image"][:count - produced]:
@@ -277,34 +278,12 @@ def calibration_images(data_config, count: int, seed: int = 0) -> Callable[[], I
   return images
 
 
-def eval_images(data_config, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+def eval_images(dataset: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
   """(image, label) for every example of the evaluation split once, padding dropped."""
-  data_config = ml_collections.ConfigDict(data_config.to_dict())
-  data_config.image_dtype = "float32"
-  for batch in data.eval_batches(data_config, global_batch_size=batch_size):
+  for batch in dataset.eval_batches(global_batch_size=batch_size):
     for image, label, real in zip(batch["image"], batch["label"], batch["mask"]):
       if real:
         yield image, int(label)
-
-
-def merge_results(path: str, figures: dict) -> dict:
-  """Read-modify-write of eval_results.json: every key already there is kept, ours replaced;
-  written to a temporary file and renamed, so a reader never sees half a file."""
-  record = {}
-  if os.path.exists(path):
-    try:
-      with open(path, encoding="utf-8") as existing:
-        record = json.load(existing)
-    except json.JSONDecodeError as error:
-      raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it") from None
-    if not isinstance(record, dict):
-      raise ValueError(f"{path} holds a {type(record).__name__}, not one JSON object")
-  record.update(figures)
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with open(temporary, "w", encoding="utf-8") as out:
-    json.dump(record, out, indent=2)
-  os.replace(temporary, path)
-  return record
 
 
 def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,),
@@ -313,8 +292,12 @@ def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,
   """Exports, checks, times and evaluates the run in `workdir`; returns the merged figures."""
   config, step = config_from_checkpoint(workdir, data_folder=data_folder)
   resolution = config.data.resolution
-  net = export_model(config)
-  variables = restore_variables(config, workdir, step, net)
+  # Made first, so that TensorFlow leaves the accelerators to JAX before the conversion starts it.
+  eval_data = float32_dataset(config.data)
+  # A few hundred images: no need to decode the whole split.
+  calibration_data = float32_dataset(config.data, cache=False) if int8 else None
+  net = export_model(config.model)
+  variables = restore_variables(config, workdir, step)
   forward = jax.jit(inference_fn(net, variables))
   out_dir = os.path.join(workdir, EXPORT_SUBDIRECTORY)
   os.makedirs(out_dir, exist_ok=True)
@@ -328,7 +311,7 @@ def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,
   models = {"fp32": fp32_bytes}
   if int8:
     int8_bytes = convert(inference_fn(net, variables), resolution,
-                         calibration_images=calibration_images(config.data, calibration_count,
+                         calibration_images=calibration_images(calibration_data, calibration_count,
                                                                config.seed))
     with open(os.path.join(out_dir, INT8_FILENAME), "wb") as out:
       out.write(int8_bytes)
@@ -340,12 +323,11 @@ def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,
 
   # One pass over the evaluation split: the int8 model on every image, the fp32 model and the
   # Flax forward pass on `check_count` images spread evenly over it.
-  num_eval = data.num_eval_batches(config.data, global_batch_size=1)  # one example a batch
+  num_eval = eval_data.num_eval_batches(1)  # one example a batch
   check_every = max(1, num_eval // max(check_count, 1))
   errors, agree, checked, int8_correct, int8_agree, seen = [], 0, 0, 0, 0, 0
   first_image = None
-  for position, (image, label) in enumerate(eval_images(config.data,
-                                                        config.train.eval_batch_size)):
+  for position, (image, label) in enumerate(eval_images(eval_data, config.train.eval_batch_size)):
     seen += 1
     first_image = image if first_image is None else first_image
     if "int8" in runners:
@@ -391,9 +373,9 @@ def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,
       litert_runtime=f"ai-edge-litert {_litert_version()} interpreter, XNNPACK delegate, batch 1")
   if "int8" in runners:
     figures["litert_int8_ms"] = latency["int8"]["1"]["median_ms"]
-  merge_results(os.path.join(workdir, train_lib.EVAL_RESULTS_FILE), figures)
+  results.merge(os.path.join(workdir, results.FILENAME), figures)
   print_fn(f"merged {len(figures)} litert_* figures into "
-           f"{os.path.join(workdir, train_lib.EVAL_RESULTS_FILE)} (load average "
+           f"{os.path.join(workdir, results.FILENAME)} (load average "
            f"{load_before[0]:.2f} before timing)")
   return figures
 
@@ -427,8 +409,9 @@ def latency_table_models(resolutions: Sequence[int]) -> list[dict]:
 
 
 def _untrained_fn(entry: dict, num_classes: int):
-  net = model.MobileNet(num_classes=num_classes, variant=entry["variant"], alpha=entry["alpha"],
-                        **EXPORT_IMPLS)
+  model_config = base.get_base_config().model
+  model_config.update(num_classes=num_classes, variant=entry["variant"], alpha=entry["alpha"])
+  net = export_model(model_config)
   resolution = entry["resolution"]
   variables = net.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)), train=False)
   return inference_fn(net, variables)
@@ -576,7 +559,7 @@ def define_flags() -> None:
 
 def _positive(name: str, value: int) -> None:
   if value is not None and value < 1:
-    raise ValueError(f"--{name} must be >= 1; got {value}")
+    raise errors.ConfigError(f"--{name} must be >= 1; got {value}")
 
 
 def main(argv):
@@ -591,13 +574,13 @@ def main(argv):
     try:
       resolutions = [int(value) for value in FLAGS.resolutions]
     except ValueError:
-      raise ValueError(f"--resolutions must be integers; got {','.join(FLAGS.resolutions)}"
-                       ) from None
+      raise errors.ConfigError(f"--resolutions must be integers; got "
+                               f"{','.join(FLAGS.resolutions)}") from None
     for resolution in resolutions:
       try:
         costs.check_resolution(resolution)
       except ValueError as error:
-        raise ValueError(f"--resolutions: {error}") from None
+        raise errors.ConfigError(f"--resolutions: {error}") from None
     table = latency_table(resolutions, rounds=FLAGS.rounds, round_s=FLAGS.round_s,
                           threads=threads)
     write_latency_table(table, FLAGS.out)
@@ -605,9 +588,9 @@ def main(argv):
           f"({len(table['models'])} models)")
     return
   if not FLAGS.workdir:
-    raise ValueError("--workdir is required (or --latency-table)")
+    raise errors.ConfigError("--workdir is required (or --latency-table)")
   if not os.path.isdir(FLAGS.workdir):
-    raise FileNotFoundError(f"workdir {FLAGS.workdir} does not exist")
+    raise errors.NotFound(f"workdir {FLAGS.workdir} does not exist")
   export_run(FLAGS.workdir, int8=FLAGS.int8, threads=threads,
              calibration_count=FLAGS.calibration_images, check_count=FLAGS.check_images,
              latency_runs=FLAGS.latency_runs, data_folder=FLAGS.data_folder)

@@ -1,16 +1,23 @@
-"""Where numbers go: a JSON-lines file and TensorBoard events in the workdir, and the console."""
+"""Where numbers go: a JSON-lines file and TensorBoard events in the workdir, and the console.
+
+Imports no JAX (the report and the sweep tools format durations with it); process 0 is asked
+for only when something is written.
+"""
 import json
 import os
 import time
 
-import jax
+
+def _is_first_process() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
 
 
 class MetricWriter:
   """Writes scalars from process 0 only, so a pod slice leaves one copy."""
 
   def __init__(self, workdir: str):
-    self.enabled = jax.process_index() == 0
+    self.enabled = _is_first_process()
     self._jsonl = None
     self._tensorboard = None
     if self.enabled:
@@ -37,7 +44,7 @@ class MetricWriter:
 
 
 def console(message: str) -> None:
-  if jax.process_index() == 0:
+  if _is_first_process():
     print(message, flush=True)
 
 
@@ -46,25 +53,3 @@ def format_duration(seconds: float) -> str:
   hours, rest = divmod(seconds, 3600)
   minutes, seconds = divmod(rest, 60)
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def training_seconds(workdir: str) -> float:
-  """Seconds spent in training steps over every session of a run, from its metrics.jsonl.
-
-  Each train record holds the mean step time over the steps since the one before.
-  Steps that a restart redid (from a checkpoint older than the last record) count
-  once, with their last timing. Evaluation and start-up between sessions are not
-  included; the first steps of a session include compilation.
-  """
-  seconds_by_step, previous = {}, 0
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as lines:
-    for line in lines:
-      record = json.loads(line)
-      if record.get("kind") != "train":
-        continue
-      step = record["step"]
-      # Records before "steps" was logged: the gap to the previous one, if it is one.
-      steps = record.get("steps") or (step - previous if step > previous else 0)
-      seconds_by_step[step] = steps * record["step_time_s"]
-      previous = step
-  return sum(seconds_by_step.values())

@@ -2,15 +2,21 @@
 
 The network is written once, as the list of layers in `architecture()`, which
 reads like the paper's Table 1. The model below and the cost counter in
-`mobilenet.costs` both walk that list, so they cannot disagree.
+`mobilenet.costs` both walk that list, so they cannot disagree. `from_config`
+builds the model of `config.model`, resolving the convolution implementations
+of `mobilenet.ops` for this backend once.
 """
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
-from mobilenet import ops
+from mobilenet import errors, ops
+
+ModuleDef = Any  # a Flax module class, or a functools.partial of one
 
 # Table 1 of the paper. The first layer is a full 3x3 convolution; each entry
 # of SEPARABLE_BLOCKS is one depthwise 3x3 (with the given stride) followed by
@@ -34,6 +40,7 @@ SEPARABLE_BLOCKS = (
 SHALLOW_REMOVED_BLOCKS = (7, 8, 9, 10, 11)  # 1-based indices into SEPARABLE_BLOCKS
 
 VARIANTS = ("dws", "conv", "shallow")
+DTYPES = ("float32", "bfloat16")  # of the computation: config.model.dtype
 
 # Layer kinds, named as in the paper's Table 2.
 CONV_3X3 = "Conv 3x3"
@@ -77,6 +84,27 @@ def check_hyperparameters(variant: str, alpha: float) -> None:
                      f"(int({FIRST_CONV[0]} * alpha) = 0)")
 
 
+def check_config(model_config: ml_collections.ConfigDict) -> None:
+  """Raises errors.ConfigError naming the first bad field of config.model, before any compiling."""
+  m = model_config
+  try:
+    check_hyperparameters(m.variant, m.alpha)
+  except ValueError as error:
+    raise errors.ConfigError(f"config.model.{error}") from None
+  if m.num_classes < 1:
+    raise errors.ConfigError(f"config.model.num_classes must be >= 1; got {m.num_classes}")
+  for field, choices in (("dtype", DTYPES), ("depthwise_impl", ops.DEPTHWISE_IMPLS),
+                         ("pointwise_impl", ops.POINTWISE_IMPLS),
+                         ("standard_impl", ops.STANDARD_IMPLS)):
+    value = getattr(m, field)
+    if value not in choices:
+      raise errors.ConfigError(f"config.model.{field} must be one of {', '.join(choices)}; "
+                               f"got {value!r}")
+  if not 0 <= m.dropout_rate < 1:
+    raise errors.ConfigError(f"config.model.dropout_rate must be in [0, 1); "
+                             f"got {m.dropout_rate}")
+
+
 def architecture(variant: str = "dws", alpha: float = 1.0,
                  num_classes: int = 1000) -> list[Layer]:
   """The weight layers of MobileNet (`dws`), Conv MobileNet (`conv`) or Shallow MobileNet."""
@@ -106,24 +134,15 @@ def total_stride() -> int:
 
 
 class ConvBN(nn.Module):
-  """A conv of `architecture()` followed by BatchNorm and ReLU."""
+  """A conv of `architecture()` followed by `norm` and ReLU."""
   layer: Layer
-  dtype: Any = jnp.float32
-  depthwise_impl: str = "auto"
-  pointwise_impl: str = "auto"
-  standard_impl: str = "auto"
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
+  conv_general_dilated: ops.ConvFn
+  norm: ModuleDef
+  dtype: Any
 
   @nn.compact
   def __call__(self, x, train: bool):
     layer = self.layer
-    if layer.kind == CONV_DW_3X3:
-      conv_fn = ops.depthwise_conv_fn(self.depthwise_impl)
-    elif layer.kind == CONV_1X1:
-      conv_fn = ops.pointwise_conv_fn(self.pointwise_impl)
-    else:
-      conv_fn = ops.standard_conv_fn(self.standard_impl)
     x = nn.Conv(
         layer.out_channels,
         (layer.kernel_size, layer.kernel_size),
@@ -133,46 +152,66 @@ class ConvBN(nn.Module):
         use_bias=False,
         dtype=self.dtype,
         param_dtype=jnp.float32,
-        conv_general_dilated=conv_fn,
+        conv_general_dilated=self.conv_general_dilated,
         name="conv")(x)
-    x = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        name="bn")(x)
+    x = self.norm(use_running_average=not train, dtype=self.dtype, param_dtype=jnp.float32,
+                  name="bn")(x)
     return nn.relu(x)
 
 
 class MobileNet(nn.Module):
-  """MobileNet v1 and its variants; input NHWC images of any size >= 32 px."""
-  num_classes: int = 1000
-  variant: str = "dws"
-  alpha: float = 1.0
-  dropout_rate: float = 0.001
-  dtype: Any = jnp.float32
-  depthwise_impl: str = "auto"
-  pointwise_impl: str = "auto"
-  standard_impl: str = "auto"
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
+  """MobileNet v1 and its variants; input NHWC images of any size >= 32 px.
+
+  Built by `from_config`, which resolves the convolution implementations (functions with the
+  signature of `lax.conv_general_dilated`, see `mobilenet.ops`) and the BatchNorm recipe once.
+  Parameters do not depend on the implementations: a checkpoint evaluates with any of them.
+  """
+  num_classes: int
+  variant: str
+  alpha: float
+  dropout_rate: float
+  dtype: Any  # of the computation; parameters stay float32
+  depthwise_conv: ops.ConvFn
+  pointwise_conv: ops.ConvFn
+  standard_conv: ops.ConvFn
+  norm: ModuleDef  # called with use_running_average, dtype, param_dtype and name
 
   @property
   def layers(self) -> Sequence[Layer]:
     return architecture(self.variant, self.alpha, self.num_classes)
+
+  def _conv_for(self, layer: Layer) -> ops.ConvFn:
+    return {CONV_DW_3X3: self.depthwise_conv, CONV_1X1: self.pointwise_conv,
+            CONV_3X3: self.standard_conv}[layer.kind]
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     x = images.astype(self.dtype)
     *convs, classifier = self.layers
     for layer in convs:
-      x = ConvBN(layer, dtype=self.dtype, depthwise_impl=self.depthwise_impl,
-                 pointwise_impl=self.pointwise_impl, standard_impl=self.standard_impl,
-                 bn_momentum=self.bn_momentum,
-                 bn_epsilon=self.bn_epsilon, name=layer.name)(x, train)
+      x = ConvBN(layer, conv_general_dilated=self._conv_for(layer), norm=self.norm,
+                 dtype=self.dtype, name=layer.name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(classifier.out_channels, dtype=self.dtype, param_dtype=jnp.float32,
                  name=classifier.name)(x)
     return x.astype(jnp.float32)
+
+
+def from_config(model_config: ml_collections.ConfigDict, *,
+                variant: str | None = None) -> MobileNet:
+  """The model of `config.model`, with its implementations resolved for this backend.
+
+  `variant` replaces config.model.variant, for side-by-side benchmarks of the variants.
+  """
+  m = model_config
+  return MobileNet(
+      num_classes=m.num_classes,
+      variant=m.variant if variant is None else variant,
+      alpha=m.alpha,
+      dropout_rate=m.dropout_rate,
+      dtype=jnp.dtype(m.dtype),
+      depthwise_conv=ops.depthwise_conv_fn(m.depthwise_impl),
+      pointwise_conv=ops.pointwise_conv_fn(m.pointwise_impl),
+      standard_conv=ops.standard_conv_fn(m.standard_impl),
+      norm=functools.partial(nn.BatchNorm, momentum=m.bn_momentum, epsilon=m.bn_epsilon))

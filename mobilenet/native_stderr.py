@@ -6,7 +6,7 @@ Before anything heavy is imported, file descriptor 2 becomes a pipe read by a sm
 process that copies every other line to the real stderr. A process, not a thread, so that what
 a crashing run writes last (a fatal error, a traceback) still gets through: when the run dies
 its end of the pipe closes, and the filter copies what is left and exits. Unreadable files
-still get data.py's one summary line (`skipped N unreadable image file(s), e.g. ...`).
+still get the input pipeline's one summary line (`skipped N unreadable image file(s), e.g. ...`).
 
 Import nothing heavy here: train.py and eval.py call `hide_known_noise()` before TensorFlow
 is first imported.
@@ -21,14 +21,14 @@ import time
 KNOWN_NOISE = (
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     b"oneDNN custom operations are on.",
-    # libjpeg(-turbo) warnings for a file that still decodes (JWRN_*): data.py counts the files
-    # that do not decode and names them in one line.
+    # libjpeg(-turbo) warnings for a file that still decodes (JWRN_*): mobilenet.input counts the
+    # files that do not decode and names them in one line.
     b"Corrupt JPEG data:",
     b"Premature end of JPEG file",
     b"Invalid SOS parameters for sequential JPEG",
     b"Warning: unknown JFIF revision number",
     b"Inconsistent progression sequence",
-    # TensorFlow's own line for a truncated JPEG, which data.py skips and counts.
+    # TensorFlow's own line for a truncated JPEG, which mobilenet.input skips and counts.
     b"Premature end of JPEG data.",
 )
 DRAIN_TIMEOUT_S = 5.0

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mobilenet import cpu_kernels
+from mobilenet import cpu_kernels, errors
 
 ConvFn = Callable[..., jax.Array]
 
@@ -43,7 +43,7 @@ def _on_cpu() -> bool:
 def _resolve(field: str, choices: tuple[str, ...], impl: str, *, on_cpu: str,
              elsewhere: str) -> str:
   if impl not in choices:
-    raise ValueError(f"{field} must be one of {', '.join(choices)}; got {impl!r}")
+    raise errors.ConfigError(f"{field} must be one of {', '.join(choices)}; got {impl!r}")
   if impl == "auto":
     return on_cpu if _on_cpu() else elsewhere
   return impl
@@ -59,7 +59,7 @@ def resolve_depthwise_impl(impl: str) -> str:
   if resolved == "ffi" and not cpu_kernels.depthwise_available():
     if impl == "auto":
       return "shifted"
-    raise ValueError("depthwise_impl=ffi needs the compiled CPU kernel, which is unavailable "
+    raise errors.ConfigError("depthwise_impl=ffi needs the compiled CPU kernel, which is unavailable "
                      "(see the warning above); use auto or shifted")
   return resolved
 
@@ -114,6 +114,19 @@ def _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_g
           and preferred_element_type is None)
 
 
+def _falls_back_to(fallback: ConvFn) -> Callable[[ConvFn], ConvFn]:
+  """For a fast path that returns NotImplemented where it does not apply: sends those convs,
+  with the same arguments, to `fallback`, so that the result is a drop-in
+  `lax.conv_general_dilated`."""
+  def decorate(fast_path: ConvFn) -> ConvFn:
+    @functools.wraps(fast_path)
+    def conv(*args, **kwargs):
+      result = fast_path(*args, **kwargs)
+      return fallback(*args, **kwargs) if result is NotImplemented else result
+    return conv
+  return decorate
+
+
 def _all_ones(values) -> bool:
   return values is None or all(v == 1 for v in values)
 
@@ -129,6 +142,7 @@ def _explicit_padding(padding, in_shape, window_shape, strides) -> tuple:
 # Depthwise convolution as shifted multiply-adds.
 
 
+@_falls_back_to(lax.conv_general_dilated)
 def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None,
                            feature_group_count=1, batch_group_count=1, precision=None,
@@ -144,9 +158,7 @@ def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                   preferred_element_type)
       and feature_group_count == channels and rhs.shape[2:] == (1, channels))
   if not supported:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
+    return NotImplemented
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
   return _depthwise(lhs, rhs, strides, pads)
@@ -324,6 +336,7 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 # Depthwise convolution as a compiled custom call.
 
 
+@_falls_back_to(shifted_depthwise_conv)
 def ffi_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                        rhs_dilation=None, dimension_numbers=None,
                        feature_group_count=1, batch_group_count=1, precision=None,
@@ -345,9 +358,7 @@ def ffi_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     pads = _explicit_padding(padding, lhs.shape[1:3], (3, 3), strides)
     supported = all(0 <= p <= 2 for pair in pads for p in pair)
   if not supported:
-    return shifted_depthwise_conv(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
+    return NotImplemented
   return _ffi_depthwise(lhs, rhs, strides, pads)
 
 
@@ -373,6 +384,7 @@ _ffi_depthwise.defvjp(_ffi_depthwise_fwd, _ffi_depthwise_bwd)
 # Pointwise convolution as a matrix product.
 
 
+@_falls_back_to(lax.conv_general_dilated)
 def matmul_pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                           rhs_dilation=None, dimension_numbers=None,
                           feature_group_count=1, batch_group_count=1, precision=None,
@@ -385,9 +397,7 @@ def matmul_pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
       _is_nhwc_hwio(lhs, rhs, dimension_numbers) and rhs.shape[:2] == (1, 1)
       and _all_ones(lhs_dilation) and feature_group_count == 1 and batch_group_count == 1)
   if not supported:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
+    return NotImplemented
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(padding, lhs.shape[1:3], (1, 1), strides)
   x = lhs
@@ -436,6 +446,7 @@ _pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
 # Full convolution with its kernel gradient as matrix products.
 
 
+@_falls_back_to(lax.conv_general_dilated)
 def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                      rhs_dilation=None, dimension_numbers=None,
                      feature_group_count=1, batch_group_count=1, precision=None,
@@ -451,9 +462,7 @@ def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
       lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
       preferred_element_type)
   if not supported:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
+    return NotImplemented
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
   return _conv_matmul_kernel_grad(lhs, rhs, strides, pads, precision)

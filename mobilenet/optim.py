@@ -5,8 +5,29 @@ import jax
 import ml_collections
 import optax
 
+from mobilenet import errors
+
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("warmup_cosine", "flat_cosine", "exponential")
+
+
+def check_config(opt: ml_collections.ConfigDict) -> None:
+  """The optimizer section, before anything is built."""
+  if opt.name not in OPTIMIZERS:
+    raise errors.ConfigError(f"config.optimizer.name must be one of {', '.join(OPTIMIZERS)}; "
+                             f"got {opt.name!r}")
+  if opt.schedule not in SCHEDULES:
+    raise errors.ConfigError(f"config.optimizer.schedule must be one of "
+                             f"{', '.join(SCHEDULES)}; got {opt.schedule!r}")
+  if opt.learning_rate <= 0:
+    raise errors.ConfigError(f"config.optimizer.learning_rate must be > 0; "
+                             f"got {opt.learning_rate}")
+  if not 0 <= opt.flat_fraction < 1:
+    raise errors.ConfigError(f"config.optimizer.flat_fraction must be in [0, 1); "
+                             f"got {opt.flat_fraction}")
+  if not 0 <= opt.ema_decay < 1:
+    raise errors.ConfigError(f"config.optimizer.ema_decay must be in [0, 1); "
+                             f"got {opt.ema_decay}")
 
 
 def peak_learning_rate(opt: ml_collections.ConfigDict, global_batch_size: int) -> float:
@@ -44,7 +65,7 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, *, global_batch_size:
       return decay
     warmup = optax.linear_schedule(0.0, peak, warmup_steps)
     return optax.join_schedules([warmup, decay], [warmup_steps])
-  raise ValueError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}; "
+  raise errors.ConfigError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}; "
                    f"got {opt.schedule!r}")
 
 
@@ -67,7 +88,7 @@ def weight_decay_mask(params, *, decay_depthwise: bool):
 def create_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule,
                      params) -> optax.GradientTransformation:
   if opt.name not in OPTIMIZERS:
-    raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {opt.name!r}")
+    raise errors.ConfigError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {opt.name!r}")
   mask = weight_decay_mask(params, decay_depthwise=opt.weight_decay_on_depthwise)
   chain = []
   if opt.grad_clip_norm > 0:

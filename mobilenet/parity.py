@@ -6,7 +6,7 @@
 `train` trains the config's model in PyTorch (CPU, channels_last, one thread per core) with
 what train.py trains it with, taken from the same functions wherever they are not JAX code: the
 layers of model.architecture(), Flax's default initialisation (mobilenet.torch_twin), the very
-batches train.py sees at each step (data.train_batches for (seed, step)), optim's learning rate
+batches train.py sees at each step (Dataset.train_batches for (seed, step)), optim's learning rate
 at each step, its weight-decay mask and placement, gradient clipping, label smoothing, dropout,
 the parameter EMA that evaluation uses, and evaluation over every example of the eval split
 once. It writes what train.py writes (metrics.jsonl, config.json, eval_results.json with
@@ -24,9 +24,13 @@ import statistics
 import sys
 import time
 
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
-from mobilenet import allocator, checkpoints, data, metrics, optim, report, train_lib
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from mobilenet import allocator, checkpoints, devices, errors, metrics, optim, report, results
+from mobilenet import trainer
+from mobilenet.input import Dataset
 
 FRAMEWORK = "torch"
 CHECKPOINT_FILE = "torch_state.pt"  # in <workdir>/checkpoints, beside where orbax's would be
@@ -38,8 +42,8 @@ def _import_twin():
   try:
     from mobilenet import torch_twin  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ValueError("parity train needs PyTorch, which is not installed (it is not a project "
-                     "dependency: `pip install torch`)") from None
+    raise errors.ConfigError("parity train needs PyTorch, which is not installed (it is not a "
+                             "project dependency: `pip install torch`)") from None
   return torch_twin
 
 
@@ -62,7 +66,7 @@ def dropout_seed(seed: int, step: int) -> int:
 
 
 class ParameterAverage:
-  """optax.incremental_update's EMA of the parameters, as train_lib keeps it; with decay 0 the
+  """optax.incremental_update's EMA of the parameters, as the JAX train step keeps it; with decay 0 the
   parameters themselves (nothing is stored)."""
 
   def __init__(self, net, decay: float):
@@ -95,7 +99,7 @@ class ParameterAverage:
 
 
 def to_torch(batch: dict, torch) -> tuple:
-  """(images NCHW in channels_last memory, int64 labels) from a data.py batch (NHWC numpy)."""
+  """(images NCHW in channels_last memory, int64 labels) from a Dataset batch (NHWC numpy)."""
   images = torch.tensor(np.asarray(batch["image"], np.float32)).permute(0, 3, 1, 2)
   return images, torch.tensor(np.asarray(batch["label"], np.int64))
 
@@ -107,8 +111,9 @@ def _autocast(config, torch):
   return contextlib.nullcontext()
 
 
-def evaluate(net, average: ParameterAverage, config, torch) -> dict[str, float]:
-  """train_lib.evaluate's figures: top-1, top-5 and loss (no smoothing) over every example of
+def evaluate(net, average: ParameterAverage, dataset: Dataset, config,
+             torch) -> dict[str, float]:
+  """evaluation.evaluate's figures: top-1, top-5 and loss (no smoothing) over every example of
   the eval split once, the padding of the last batch masked."""
   functional = torch.nn.functional
   k = min(5, config.model.num_classes)
@@ -116,7 +121,7 @@ def evaluate(net, average: ParameterAverage, config, torch) -> dict[str, float]:
   loss = 0.0
   net.eval()
   with average.in_use(net, torch), torch.no_grad():
-    for batch in data.eval_batches(config.data, global_batch_size=config.train.eval_batch_size):
+    for batch in dataset.eval_batches(global_batch_size=config.train.eval_batch_size):
       images, labels = to_torch(batch, torch)
       mask = torch.tensor(np.asarray(batch["mask"], bool))
       with _autocast(config, torch):
@@ -129,10 +134,12 @@ def evaluate(net, average: ParameterAverage, config, torch) -> dict[str, float]:
   return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count, "count": count}
 
 
-def _save(path: str, step: int, net, optimizer, average: ParameterAverage, config, torch) -> None:
+def _save(path: str, step: int, net, optimizer, average: ParameterAverage, config, torch,
+          train_seconds: float) -> None:
   """Written to a temporary file and renamed: a kill mid-write leaves the previous one whole."""
   state = {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-           "ema": average.values, "config": config.to_json_best_effort()}
+           "ema": average.values, "config": config.to_json_best_effort(),
+           "train_seconds": train_seconds}
   temporary = path + ".tmp"
   torch.save(state, temporary)
   os.replace(temporary, path)
@@ -153,7 +160,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   torch = twin.torch
   functional = torch.nn.functional
   twin.check_optimizer(config.optimizer)
-  plan = train_lib.plan_run(config)
+  plan = trainer.plan_run(config)
+  dataset = plan.dataset
   info, global_batch = plan.info, plan.global_batch
   steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
   eval_every, log_every = plan.eval_every, plan.log_every
@@ -163,12 +171,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   saved = torch.load(path, weights_only=True) if os.path.exists(path) else None
   if saved is not None:
-    checkpoints.check_compatible(json.loads(saved["config"]), config.to_dict(), workdir,
-                                 for_training=True)
-    finished = train_lib.finished_run_results(workdir, saved["step"], total_steps)
+    saved_config = json.loads(saved["config"])
+    checkpoints.check_same_model(saved_config, config.to_dict(), workdir)
+    if saved_config["optimizer"]["name"] != config.optimizer.name:
+      raise errors.IncompatibleCheckpoint(
+          f"{workdir} holds a checkpoint trained with optimizer.name="
+          f"{saved_config['optimizer']['name']!r}, not {config.optimizer.name!r}; use another "
+          "--workdir")
+    finished = results.finished_run(workdir, saved["step"], total_steps)
     if finished is not None and finished.get("framework") == FRAMEWORK:
       metrics.console(f"{workdir}: already finished ({total_steps} steps): top-1 "
-                      f"{100 * finished['top1']:.2f}%, in {train_lib.EVAL_RESULTS_FILE}; "
+                      f"{100 * finished['top1']:.2f}%, in {results.FILENAME}; "
                       "nothing to do")
       return {**finished, "already_finished": True}
 
@@ -178,16 +191,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   net = twin.build_model(config)
   optimizer = twin.create_optimizer(config.optimizer, net, rates[0])
   average = ParameterAverage(net, config.optimizer.ema_decay)
-  start_step = 0
+  start_step, train_seconds_before = 0, 0.0
   if saved is not None:
     net.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if average.values is not None:
       if saved["ema"] is None:
-        raise ValueError(f"config.optimizer.ema_decay={config.optimizer.ema_decay}: the "
+        raise errors.IncompatibleCheckpoint(
+            f"config.optimizer.ema_decay={config.optimizer.ema_decay}: the "
                          f"checkpoint in {workdir} was trained without a parameter EMA")
       average.values = saved["ema"]
-    start_step = saved["step"]
+    start_step, train_seconds_before = saved["step"], saved.get("train_seconds")
     metrics.console(f"Resumed from the checkpoint of step {start_step} in {workdir}")
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as out:
     out.write(config.to_json_best_effort(indent=2))
@@ -198,20 +212,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f"({steps_per_epoch}/epoch)")
 
   writer = metrics.MetricWriter(workdir)
-  batches = data.train_batches(config.data, global_batch_size=global_batch, seed=config.seed,
-                               start_step=start_step)
+  batches = dataset.train_batches(global_batch_size=global_batch, seed=config.seed,
+                                  start_step=start_step)
   pending = []  # (loss, accuracy, grad_norm) since the last train record
-  train_start = last_logged = time.perf_counter()
+  last_logged = time.perf_counter()
+  train_seconds = 0.0  # this session's, evaluation excluded
   images_seen = 0
 
   def evaluate_and_log(step: int) -> dict[str, float]:
     nonlocal last_logged
-    results = evaluate(net, average, config, torch)
-    writer.write(step, "eval", {**results, "epoch": step / steps_per_epoch})
-    metrics.console(f"eval at step {step}: top-1 {100 * results['top1']:.2f}%  "
-                    f"top-5 {100 * results['top5']:.2f}%")
+    totals = evaluate(net, average, dataset, config, torch)
+    writer.write(step, "eval", {**totals, "epoch": step / steps_per_epoch})
+    metrics.console(f"eval at step {step}: top-1 {100 * totals['top1']:.2f}%  "
+                    f"top-5 {100 * totals['top5']:.2f}%")
     last_logged = time.perf_counter()  # step times exclude evaluation
-    return results
+    return totals
 
   try:
     for step in range(start_step, total_steps):
@@ -230,16 +245,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       optimizer.step()
       average.update(net, torch)
       done = step + 1
-      checkpoints.kill_if_injected("train", done)
+      trainer.HOOKS.step_done(done)
       images_seen += global_batch
       accuracy = (logits.detach().argmax(-1) == labels).float().mean()
       pending.append((loss.item(), accuracy.item(), grad_norm))
       if not np.isfinite(pending[-1][0]):
-        raise train_lib.NonFiniteLoss(
+        raise errors.NonFiniteLoss(
             f"the loss became {pending[-1][0]} at step {done}; stopping: the checkpoint in "
             f"{path} (if any) is kept")
       if done % log_every == 0 or done == total_steps:
         elapsed = time.perf_counter() - last_logged
+        train_seconds += elapsed
         losses, accuracies, norms = zip(*pending)
         writer.write(done, "train", {
             "loss": np.mean(losses), "accuracy": np.mean(accuracies), "grad_norm": np.mean(norms),
@@ -253,22 +269,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
         last_logged = time.perf_counter()
       if done % eval_every == 0 and done != total_steps:
         evaluate_and_log(done)  # before the save: a kill in between re-evaluates, never skips
-        _save(path, done, net, optimizer, average, config, torch)
-    train_seconds = time.perf_counter() - train_start
+        _save(path, done, net, optimizer, average, config, torch,
+              (train_seconds_before or 0.0) + train_seconds)
     if start_step < total_steps:
-      _save(path, total_steps, net, optimizer, average, config, torch)
-    results = evaluate_and_log(total_steps)
+      _save(path, total_steps, net, optimizer, average, config, torch,
+            (train_seconds_before or 0.0) + train_seconds)
+    totals = evaluate_and_log(total_steps)
   finally:
     writer.close()
   extra = {"framework": FRAMEWORK, "torch": torch.__version__, "threads": threads}
   if images_seen:
     extra.update(session_train_wall_s=train_seconds,
                  session_train_images_per_s=images_seen / train_seconds)
-  train_seconds_all = metrics.training_seconds(workdir)  # over every session of the run
-  if train_seconds_all > 0:
+  if train_seconds_before is not None and train_seconds > 0:  # over every session of the run
+    train_seconds_all = train_seconds_before + train_seconds
     extra.update(train_wall_s=train_seconds_all,
                  train_images_per_s=total_steps * global_batch / train_seconds_all)
-  return train_lib.write_eval_results(workdir, config, total_steps, results, **extra)
+  record = {**results.evaluation_record(config, total_steps, totals, devices.description()),
+            **extra}
+  return results.write(os.path.join(workdir, results.FILENAME), record)
 
 
 # --------------------------------------------------------------------------- compare
@@ -277,19 +296,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def load_run(workdir: str, framework: str) -> dict:
   """A finished run's final top-1, seed, recipe and per-epoch val top-1 (from metrics.jsonl's
   eval records; a step evaluated twice, by a resumed run, counts with its last record)."""
-  record = train_lib.read_eval_results(os.path.join(workdir, train_lib.EVAL_RESULTS_FILE))
+  record = results.read_if_any(os.path.join(workdir, results.FILENAME))
   if "top1" not in record:
-    raise ValueError(f"{workdir}: no {train_lib.EVAL_RESULTS_FILE} with a top1: not a finished run")
+    raise errors.NotFound(f"{workdir}: no {results.FILENAME} with a top1: not a finished run")
   found = record.get("framework", "jax")
   if found != framework:
-    raise ValueError(f"{workdir}: a {found} run, given as --{framework}")
+    raise errors.ConfigError(f"{workdir}: a {found} run, given as --{framework}")
   try:
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as file:
       config = json.load(file)
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
       lines = [json.loads(line) for line in file if line.strip()]
   except (OSError, ValueError) as error:
-    raise ValueError(f"{workdir}: cannot read its config.json or metrics.jsonl ({error})") from None
+    raise errors.NotFound(f"{workdir}: cannot read its config.json or metrics.jsonl "
+                          f"({error})") from None
   evals = {line["step"]: line for line in lines if line.get("kind") == "eval"}
   final_step, num_epochs = record["step"], config["train"]["num_epochs"]
   steps = sorted(evals)
@@ -377,7 +397,7 @@ def compare_main(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   try:
     record = compare(args.jax, args.torch, args.out)
-  except ValueError as error:
+  except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
   print(f"JAX top-1 {100 * record['jax_top1_mean']:.2f}% (std {100 * record['jax_top1_std']:.2f}, "

@@ -34,9 +34,11 @@ import statistics
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from configs import base
+from mobilenet import results
 from mobilenet.metrics import format_duration
 
-RESULTS_FILENAME = "eval_results.json"
+RESULTS_FILENAME = results.FILENAME
 CONFIG_FILENAME = "config.json"  # what train.py trained the run with, beside its results
 MARKDOWN_FILENAME = "results.md"
 JSON_FILENAME = "results.json"
@@ -48,26 +50,8 @@ VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shal
 # ("imagenette2-224") or a tfds name ("imagenet2012").
 DATASET_LABELS = (("imagenette", "Imagenette"), ("imagenet", "ImageNet"))
 
-# Keys every eval_results.json must have, and the JSON types they may take.
-NUMBER = (int, float)
-REQUIRED_KEYS = {
-    "top1": NUMBER, "top5": NUMBER, "params": int, "mult_adds": int, "variant": str,
-    "alpha": NUMBER, "resolution": int, "dataset": str, "step": int,
-    "infer_images_per_s": NUMBER, "device": str,
-}
-OPTIONAL_KEYS = {"seed": int, "train_wall_s": NUMBER, "train_images_per_s": NUMBER, "name": str,
-                 "litert_fp32_ms": NUMBER, "litert_int8_ms": NUMBER, "litert_int8_top1": NUMBER,
-                 "litert_device": str}
-# What mobilenet.export measures: batch-1 median latency with one thread, int8 accuracy.
-LATENCY_KEYS = ("litert_fp32_ms", "litert_int8_ms", "litert_int8_top1")
-
-# Where the data and runs live, how often to log, evaluate or save, and which implementation
-# computes the same function: runs that differ only there measure the same thing.
-BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.prefetch_batches",
-                      "data.on_corrupt", "model.depthwise_impl", "model.pointwise_impl",
-                      "model.standard_impl", "train.eval_batch_size", "train.log_every_steps",
-                      "train.eval_every_steps", "train.checkpoint_every_steps",
-                      "train.keep_checkpoints", "train.inference_benchmark_s", "distributed")
+LATENCY_KEYS = results.LATENCY_KEYS
+BOOKKEEPING_FIELDS = base.BOOKKEEPING_FIELDS
 SEED_FIELD = "seed"
 # What eval_results.json records about how a run was measured that its config.json may not
 # (eval.py can evaluate an earlier checkpoint, or another split, of the same run).
@@ -207,12 +191,9 @@ def results_file(path: pathlib.Path) -> Optional[pathlib.Path]:
 def read_json(path: pathlib.Path):
   """The JSON value in `path`; a ReportError naming the file where it cannot be read."""
   try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as error:
-    raise ReportError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: "
-                      f"{error.msg})") from None
-  except (OSError, UnicodeDecodeError) as error:
-    raise ReportError(f"{path}: cannot read ({error})") from None
+    return results.read_json(path)
+  except results.ResultsError as error:
+    raise ReportError(str(error)) from None
 
 
 def load_settings(source: pathlib.Path, record: dict) -> tuple[dict, bool]:
@@ -227,35 +208,12 @@ def load_settings(source: pathlib.Path, record: dict) -> tuple[dict, bool]:
   return {**protocol_settings(config, ignoring=(SEED_FIELD,)), **measured}, True
 
 
-def is_of_type(value: Any, expected) -> bool:
-  # bool is an int in Python, never a count or a score here; an integral float
-  # (e.g. 400.0 written by a serializer) still counts as an int.
-  if isinstance(value, bool):
-    return False
-  if expected is int and isinstance(value, float):
-    return value.is_integer()
-  return isinstance(value, expected)
-
-
 def parse_run(record: Any, source: pathlib.Path) -> Run:
   """Checks one decoded eval_results.json and turns it into a Run."""
-  if not isinstance(record, dict):
-    raise ReportError(f"{source}: expected one JSON object, got {type(record).__name__}")
-  for key in REQUIRED_KEYS:
-    if key not in record:
-      raise ReportError(f"{source}: missing key '{key}'")
-  for key, expected in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
-    if record.get(key) is not None and not is_of_type(record[key], expected):
-      raise ReportError(f"{source}: key '{key}' has the wrong type ({record[key]!r})")
-  if record["variant"] not in VARIANT_LABELS:
-    raise ReportError(f"{source}: key 'variant' must be one of {', '.join(VARIANT_LABELS)}; "
-                      f"got {record['variant']!r}")
-  for key in ("top1", "top5", "litert_int8_top1"):
-    if key in record and not 0 <= record[key] <= 1:
-      raise ReportError(f"{source}: key '{key}' must be a fraction in [0, 1]; got {record[key]!r}")
-  for key in ("mult_adds", "params", "resolution", "alpha", "litert_fp32_ms", "litert_int8_ms"):
-    if key in record and not record[key] > 0:
-      raise ReportError(f"{source}: key '{key}' must be > 0; got {record[key]!r}")
+  try:
+    results.validate(record, source)
+  except results.ResultsError as error:
+    raise ReportError(str(error)) from None
   seed = None if record.get("seed") is None else int(record["seed"])
   optional = {key: record.get(key) for key in ("train_wall_s", "train_images_per_s",
                                                 *LATENCY_KEYS, "litert_device")}

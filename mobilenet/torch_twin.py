@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenet import model, optim
+from mobilenet import errors, model, optim
 
 # jax.nn.initializers.variance_scaling's truncated normal divides by the standard deviation of
 # a unit normal truncated to [-2, 2], so that lecun_normal's variance stays 1 / fan_in.
@@ -92,7 +92,7 @@ def initialise_as_flax(net: MobileNet) -> None:
 
 
 def build_model(config: ml_collections.ConfigDict, variant: str | None = None) -> MobileNet:
-  """The twin of train_lib.build_model(config), Flax-initialised from torch's global generator
+  """The twin of model.from_config(config.model), Flax-initialised from torch's global generator
   (seed it first), channels_last."""
   m = config.model
   net = MobileNet(variant or m.variant, m.alpha, m.num_classes, m.dropout_rate, m.bn_momentum,
@@ -176,7 +176,7 @@ def decayed_parameter_names(net: MobileNet, decay_depthwise: bool) -> set[str]:
 
 def check_optimizer(opt: ml_collections.ConfigDict) -> None:
   if opt.name not in TWIN_OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name={opt.name!r}: the PyTorch twin mirrors "
+    raise errors.ConfigError(f"config.optimizer.name={opt.name!r}: the PyTorch twin mirrors "
                      f"{' and '.join(TWIN_OPTIMIZERS)} only")
 
 

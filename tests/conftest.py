@@ -1,6 +1,8 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and helpers: image folders, running the commands, reading states."""
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -92,3 +94,74 @@ def write_varied_image_folder(root: pathlib.Path, *, classes=("ant", "bee", "cat
         varied_image(height, width, mode, colours[index % 3], rng).save(
             folder / f"{name}_{i}.{suffix}", format=fmt)
   return root
+
+
+# ----------------------------------------------------------------------------- runs
+
+TINY = "alpha=0.25,resolution=32,batch=8"  # a tiny MobileNet that trains in seconds
+
+
+def run_script(script, *args, env=None, check=True):
+  result = subprocess.run([sys.executable, script, *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+  return result
+
+
+def train_flags(folder, workdir, epochs=2, **overrides):
+  flags = [f"--config=configs/dws.py:{TINY},epochs={epochs}",
+           f"--workdir={workdir}",
+           f"--config.data.folder={folder}",
+           "--config.model.num_classes=3",
+           "--config.train.eval_batch_size=8",
+           "--config.train.log_every_steps=1",
+           "--config.train.inference_benchmark_s=0.1",
+           "--config.optimizer.learning_rate=0.4"]
+  return flags + [f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def final_state(workdir):
+  """(step, state as nested dicts of numpy arrays) of the workdir's latest checkpoint."""
+  import jax
+  import orbax.checkpoint as ocp
+  steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  path = pathlib.Path(workdir) / "checkpoints" / str(steps[-1]) / "state"
+  # The checkpoint may come from another device count: restore onto this process's one device.
+  single_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  return steps[-1], checkpointer.restore(
+      path.absolute(), args=ocp.args.StandardRestore(fallback_sharding=single_device))
+
+
+def leaves(tree, prefix=""):
+  """(path, numpy array) for each leaf of nested dicts, lists and tuples."""
+  import numpy as np
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield from leaves(value, f"{prefix}/{key}")
+  elif isinstance(tree, (list, tuple)):
+    for index, value in enumerate(tree):
+      yield from leaves(value, f"{prefix}/{index}")
+  elif tree is not None:  # optax keeps None for masked-out state
+    yield prefix, np.asarray(tree)
+
+
+def changes(tree, start) -> dict:
+  import numpy as np
+  """Each float leaf of `tree` minus the same leaf of `start` (zero where `start` lacks it)."""
+  begin = dict(leaves(start))
+  return {key: value - begin.get(key, 0) for key, value in leaves(tree)
+          if np.issubdtype(value.dtype, np.floating)}
+
+
+def relative_difference(a: dict, b: dict) -> float:
+  import numpy as np
+  """||a - b|| / ||b|| over all the leaves together, which a leaf whose true value is near zero
+  (a BatchNorm scale just before another BatchNorm) cannot dominate with its rounding noise."""
+  assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+  difference = sum(float(np.sum((a[key] - b[key]) ** 2)) for key in b)
+  norm = sum(float(np.sum(b[key] ** 2)) for key in b)
+  assert norm > 0, "nothing to compare: every leaf of the reference is zero"
+  return (difference / norm) ** 0.5

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from mobilenet import allocator, benchmark, ops, optim, train_lib
+from mobilenet import allocator, benchmark, devices, model, ops, optim, steps
 from configs import dws
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +25,9 @@ def test_every_concrete_depthwise_implementation_gets_a_row():
   assert "shifted" in benchmark.depthwise_impls() and "grouped" in benchmark.depthwise_impls()
 
 
-def test_the_jax_step_is_train_libs_built_as_training_builds_it(monkeypatch):
-  """Spies on the functions train_and_evaluate uses: the benchmark must call them, not copies."""
+def test_the_jax_step_is_the_trainers_built_by_the_same_function(monkeypatch):
+  """Spies on the function the trainer builds its step with: the benchmark must call it, not
+  a copy."""
   called = []
 
   def spy(module, name):
@@ -38,14 +39,14 @@ def test_the_jax_step_is_train_libs_built_as_training_builds_it(monkeypatch):
 
     monkeypatch.setattr(module, name, wrapper)
 
-  for module, name in ((optim, "learning_rate_schedule"), (optim, "create_optimizer"),
-                       (train_lib, "create_train_state"), (train_lib, "Steps")):
+  for module, name in ((steps, "build"), (optim, "learning_rate_schedule"),
+                       (optim, "create_optimizer")):
     spy(module, name)
   jax_model = benchmark.JaxModel(_tiny_config(), "dws")
-  assert called == ["learning_rate_schedule", "create_optimizer", "create_train_state", "Steps"]
+  assert called == ["build", "learning_rate_schedule", "create_optimizer"]
   jax_model.train()
   jax_model.train()
-  assert isinstance(jax_model.state, train_lib.TrainState)
+  assert isinstance(jax_model.state, steps.TrainState)
   assert int(jax_model.state.step) == 2  # the state train.py checkpoints, advanced per step
   jax_model.predict()
 
@@ -59,7 +60,7 @@ def test_the_torch_twin_decays_the_kernels_our_mask_decays():
   assert decayed["nesterov"] and decayed["momentum"] == config.optimizer.momentum
   assert decayed["lr"] == optim.peak_learning_rate(config.optimizer, 2)
   # One decayed tensor per conv or dense kernel optax decays, of the same sizes.
-  net = train_lib.build_model(config)
+  net = model.from_config(config.model)
   params = net.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
   mask = optim.weight_decay_mask(params, decay_depthwise=False)
   ours = sorted(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(params),
@@ -87,7 +88,7 @@ def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
   assert report["peak_rss_bytes"] > 2**20
   assert report["depthwise_impl_config"] == "auto"
   assert report["depthwise_impl"] == ops.resolve_depthwise_impl("auto")
-  assert report["device"] == train_lib.device_description()
+  assert report["device"] == devices.description()
   allocator_lines = [line for line in process.stderr.splitlines() if line.startswith("allocator:")]
   assert allocator_lines == [report["allocator_log"]]  # one line, in the process that ran
   expected = allocator.decide(environment, linux=sys.platform.startswith("linux"), cpu_only=True)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import base
 from mobilenet import costs, model
 
 # (variant, alpha, resolution) -> (million mult-adds, million parameters) as printed in the paper.
@@ -69,7 +70,9 @@ def test_table_2_breakdown_matches_the_paper_to_printed_precision():
 
 
 def _trainable_param_count(variant, alpha, resolution, num_classes):
-  net = model.MobileNet(num_classes=num_classes, variant=variant, alpha=alpha)
+  model_config = base.get_base_config().model
+  model_config.update(num_classes=num_classes, variant=variant, alpha=alpha)
+  net = model.from_config(model_config)
   shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
 
@@ -108,8 +111,10 @@ def test_analytic_mult_adds_agree_with_xla_cost_analysis(variant, alpha, resolut
   """XLA counts 2 flops per multiply-add, skips taps on padding zeros, and also counts the
   inference BatchNorm, ReLU, pooling and bias: a few flops per activation. So XLA's flops must be
   2 x (our count less padding taps) plus between 0 and 8 flops per conv output element."""
-  net = model.MobileNet(num_classes=1000, variant=variant, alpha=alpha,
-                        depthwise_impl="grouped", pointwise_impl="conv")
+  model_config = base.get_base_config().model
+  model_config.update(num_classes=1000, variant=variant, alpha=alpha, depthwise_impl="grouped",
+                      pointwise_impl="conv")
+  net = model.from_config(model_config)
   images = jnp.zeros((1, resolution, resolution, 3))
   variables = jax.eval_shape(net.init, jax.random.key(0), images)
   compiled = jax.jit(net.apply).lower(variables, images).compile()

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from configs import base
-from mobilenet import data
+from mobilenet import data_benchmark, errors
+from mobilenet.input import Dataset, DatasetInfo, check_config, decode, folder, tfds_source
 from tests.conftest import VARIED_IMAGES, varied_image, write_varied_image_folder
 
 RESOLUTION = 32
@@ -98,27 +99,27 @@ def _class_of(image: np.ndarray) -> int:
 
 def test_label_names_are_sorted_class_folders_and_bad_files_are_counted(tiny_folder, caplog):
   caplog.set_level(logging.WARNING)
-  info = data.dataset_info(_config(tiny_folder, cache=False))
-  assert info == data.DatasetInfo(num_classes=3, label_names=LABEL_NAMES,
-                                  num_train_examples=9, num_eval_examples=7)
-  skipped = data._load_split(_config(tiny_folder, cache=False), "train").skipped
+  info = Dataset(_config(tiny_folder, cache=False)).info
+  assert info == DatasetInfo(num_classes=3, label_names=LABEL_NAMES,
+                             num_train_examples=9, num_eval_examples=7)
+  skipped = folder.load_split(_config(tiny_folder, cache=False), "train").skipped
   assert sorted(pathlib.Path(p).name for p in skipped) == ["broken.jpg", "empty.jpg", "notes.txt"]
   assert "skipped 3 unreadable" in caplog.text and "broken.jpg" in caplog.text
-  cached = data._load_split(_config(tiny_folder, cache=True), "train")
+  cached = folder.load_split(_config(tiny_folder, cache=True), "train")
   assert (cached.num_examples, len(cached.skipped)) == (9, 3)
 
 
 def test_folder_labels_match_tfds_imagenette(imagenette_dir):
   tfds = pytest.importorskip("tensorflow_datasets")
   names = tfds.builder("imagenette/160px-v2").info.features["label"].names
-  assert data._folder_label_names(_config(imagenette_dir)) == tuple(names)
+  assert folder.label_names(_config(imagenette_dir)) == tuple(names)
 
 
 @pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("image_dtype", ["float32", "bfloat16"])
 def test_train_batches_shapes_dtypes_ranges_and_labels(tiny_folder, cache, image_dtype):
-  config = _config(tiny_folder, cache=cache, image_dtype=image_dtype)
-  batches = _take(data.train_batches(config, global_batch_size=6, seed=0), 4)
+  dataset = Dataset(_config(tiny_folder, cache=cache, image_dtype=image_dtype))
+  batches = _take(dataset.train_batches(global_batch_size=6, seed=0), 4)
   for batch in batches:
     assert set(batch) == {"image", "label"}
     assert batch["image"].shape == (6, RESOLUTION, RESOLUTION, 3)
@@ -134,13 +135,13 @@ def test_train_batches_shapes_dtypes_ranges_and_labels(tiny_folder, cache, image
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_train_batches_depend_only_on_seed_and_step(tiny_folder, cache):
-  config = _config(tiny_folder, cache=cache)
-  uninterrupted = _take(data.train_batches(config, global_batch_size=4, seed=7), 6)
-  resumed = _take(data.train_batches(config, global_batch_size=4, seed=7, start_step=3), 3)
+  dataset = Dataset(_config(tiny_folder, cache=cache))
+  uninterrupted = _take(dataset.train_batches(global_batch_size=4, seed=7), 6)
+  resumed = _take(dataset.train_batches(global_batch_size=4, seed=7, start_step=3), 3)
   for a, b in zip(uninterrupted[3:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
-  other_seed = _take(data.train_batches(config, global_batch_size=4, seed=8), 1)[0]
+  other_seed = _take(dataset.train_batches(global_batch_size=4, seed=8), 1)[0]
   assert not np.array_equal(other_seed["image"], uninterrupted[0]["image"])
   # Successive epochs differ in order and in crops.
   assert not np.array_equal(uninterrupted[0]["image"], uninterrupted[5]["image"])
@@ -148,18 +149,18 @@ def test_train_batches_depend_only_on_seed_and_step(tiny_folder, cache):
 
 def test_resume_far_ahead_decodes_nothing_skipped(tiny_folder):
   """Step 10^12 would take forever if the skipped examples were read."""
-  config = _config(tiny_folder, cache=False)
-  batch = next(data.train_batches(config, global_batch_size=4, seed=0, start_step=10**12))
+  dataset = Dataset(_config(tiny_folder, cache=False))
+  batch = next(dataset.train_batches(global_batch_size=4, seed=0, start_step=10**12))
   assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
 
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_process_slices_make_up_the_global_batch(tiny_folder, cache):
   config = _config(tiny_folder, cache=cache)
-  whole = _take(data.train_batches(config, global_batch_size=6, seed=3, start_step=2,
-                                   process_index=0, process_count=1), 3)
-  halves = [_take(data.train_batches(config, global_batch_size=6, seed=3, start_step=2,
-                                     process_index=p, process_count=2), 3) for p in range(2)]
+  whole = _take(Dataset(config, process_index=0, process_count=1).train_batches(
+      global_batch_size=6, seed=3, start_step=2), 3)
+  halves = [_take(Dataset(config, process_index=p, process_count=2).train_batches(
+      global_batch_size=6, seed=3, start_step=2), 3) for p in range(2)]
   for step, batch in enumerate(whole):
     for key in ("image", "label"):
       np.testing.assert_array_equal(
@@ -168,10 +169,11 @@ def test_process_slices_make_up_the_global_batch(tiny_folder, cache):
 
 def _eval_examples(config, global_batch_size, process_count):
   """Eval batches of every process, stitched back into global order; checks padding on the way."""
-  per_process = [list(data.eval_batches(config, global_batch_size=global_batch_size,
-                                        process_index=p, process_count=process_count))
-                 for p in range(process_count)]
-  expected_batches = data.num_eval_batches(config, global_batch_size=global_batch_size)
+  datasets = [Dataset(config, process_index=p, process_count=process_count)
+              for p in range(process_count)]
+  per_process = [list(dataset.eval_batches(global_batch_size=global_batch_size))
+                 for dataset in datasets]
+  expected_batches = datasets[0].num_eval_batches(global_batch_size)
   assert [len(batches) for batches in per_process] == [expected_batches] * process_count
   images, labels = [], []
   for step in range(expected_batches):
@@ -204,25 +206,25 @@ def test_eval_is_a_central_crop(tmp_path):
   for split in ("train", "val"):
     (tmp_path / split / "only").mkdir(parents=True)
     Image.fromarray(pixels).save(tmp_path / split / "only" / "x.png")
-  batch = next(data.eval_batches(_config(tmp_path, crop_fraction=1.0), global_batch_size=1))
+  batch = next(Dataset(_config(tmp_path, crop_fraction=1.0)).eval_batches(global_batch_size=1))
   np.testing.assert_allclose(batch["image"], 1.0)
 
 
 def test_corrupt_file_is_an_error_when_asked(tiny_folder):
-  with pytest.raises(ValueError, match=r"unreadable image file .*broken\.jpg"):
-    data.dataset_info(_config(tiny_folder, on_corrupt="error"))
+  with pytest.raises(errors.DataError, match=r"unreadable image file .*broken\.jpg"):
+    Dataset(_config(tiny_folder, on_corrupt="error")).info
 
 
 def test_missing_split_and_empty_class_folder_name_the_path(tmp_path):
   for root in (tmp_path / "no_val", tmp_path / "empty_class"):
     (root / "train" / "ant").mkdir(parents=True)
     _picture((1, 2, 3), 8, 8).save(root / "train" / "ant" / "a.png")
-  with pytest.raises(ValueError, match=f"no folder {tmp_path / 'no_val' / 'val'}"):
-    data.dataset_info(_config(tmp_path / "no_val"))
+  with pytest.raises(errors.DataError, match=f"no folder {tmp_path / 'no_val' / 'val'}"):
+    Dataset(_config(tmp_path / "no_val")).info
   (tmp_path / "empty_class" / "train" / "bee").mkdir()
   empty = tmp_path / "empty_class" / "train" / "bee"
-  with pytest.raises(ValueError, match=f"class folder {empty} is empty"):
-    data.dataset_info(_config(tmp_path / "empty_class"))
+  with pytest.raises(errors.DataError, match=f"class folder {empty} is empty"):
+    Dataset(_config(tmp_path / "empty_class")).info
 
 
 def test_missing_eval_split_is_named_before_any_image_is_decoded(tmp_path, monkeypatch):
@@ -230,13 +232,14 @@ def test_missing_eval_split_is_named_before_any_image_is_decoded(tmp_path, monke
   (root / "val").rename(root / "test")
   def no_decoding(*args, **kwargs):
     raise AssertionError("an image was decoded before the layout was checked")
-  monkeypatch.setattr(data, "_decode_all", no_decoding)
-  monkeypatch.setattr(data, "_check_all", no_decoding)
+  monkeypatch.setattr(decode, "decode_all", no_decoding)
+  monkeypatch.setattr(decode, "check_all", no_decoding)
   for cache in (True, False):
-    with pytest.raises(ValueError) as error:
-      data.dataset_info(_config(root, cache=cache))
-    assert str(error.value) == (f"data.eval_split='val': no folder {root / 'val'} "
-                                f"({root} holds test, train)")
+    for check in (Dataset.check_layout, lambda dataset: dataset.info):
+      with pytest.raises(errors.DataError) as error:
+        check(Dataset(_config(root, cache=cache)))
+      assert str(error.value) == (f"data.eval_split='val': no folder {root / 'val'} "
+                                  f"({root} holds test, train)")
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +250,10 @@ def varied_folder(tmp_path_factory) -> pathlib.Path:
 @pytest.mark.parametrize("cache", [True, False])
 def test_images_of_any_size_aspect_and_mode_feed_training_and_eval(varied_folder, cache):
   config = _config(varied_folder, cache=cache, resolution=48)
-  info = data.dataset_info(config)
+  dataset = Dataset(config)
+  info = dataset.info
   assert (info.num_train_examples, info.num_eval_examples) == (3 * len(VARIED_IMAGES), 6)
-  for batch in _take(data.train_batches(config, global_batch_size=8, seed=0), 4):
+  for batch in _take(dataset.train_batches(global_batch_size=8, seed=0), 4):
     assert batch["image"].shape == (8, 48, 48, 3)
     assert np.isfinite(batch["image"]).all() and -1 <= batch["image"].min() <= 1
   images, labels = _eval_examples(config, 4, 1)
@@ -258,7 +262,7 @@ def test_images_of_any_size_aspect_and_mode_feed_training_and_eval(varied_folder
 
 
 def test_cached_images_are_the_decoded_files_whatever_their_sizes(varied_folder):
-  split = data._load_split(_config(varied_folder, cache=True), "train")
+  split = folder.load_split(_config(varied_folder, cache=True), "train")
   full = lambda height, width: (0, 0, height, width)
   first_of_each_size = [split.read_window(i, full)[0].numpy() for i in range(len(VARIED_IMAGES))]
   files = sorted((varied_folder / "train" / "ant").iterdir())
@@ -273,9 +277,9 @@ def test_cached_images_are_the_decoded_files_whatever_their_sizes(varied_folder)
 
 def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied_folder,
                                                                           monkeypatch, caplog):
-  monkeypatch.setattr(data, "available_memory_bytes", lambda: 10 * 2**20)  # decoded: ~30 MiB
+  monkeypatch.setattr(decode, "available_memory_bytes", lambda: 10 * 2**20)  # decoded: ~30 MiB
   caplog.set_level(logging.INFO)
-  split = data._load_folder_split(_config(varied_folder, cache=True), "train")
+  split = folder.load_split(_config(varied_folder, cache=True), "train")
   assert split.num_examples == 3 * len(VARIED_IMAGES)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1
@@ -288,7 +292,7 @@ def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied
 
 def test_cache_states_its_memory_in_the_log(varied_folder, caplog):
   caplog.set_level(logging.INFO)
-  data._load_folder_split(_config(varied_folder, cache=True), "val")
+  folder.load_split(_config(varied_folder, cache=True), "val")
   total = sum(h * w * 3 for h, w, _, _ in VARIED_IMAGES[:2]) * 3
   assert any(f"6 images decoded into {total / 2**20:.1f} MiB of memory" in r.getMessage()
              for r in caplog.records)
@@ -298,8 +302,9 @@ def test_class_missing_from_eval_split_names_the_path(tmp_path):
   for split, name in (("train", "ant"), ("train", "bee"), ("val", "ant")):
     (tmp_path / split / name).mkdir(parents=True)
     _picture((1, 2, 3), 8, 8).save(tmp_path / split / name / "a.png")
-  with pytest.raises(ValueError, match=f"class folder {tmp_path / 'val' / 'bee'} is missing"):
-    data.dataset_info(_config(tmp_path))
+  with pytest.raises(errors.DataError,
+                     match=f"class folder {tmp_path / 'val' / 'bee'} is missing"):
+    Dataset(_config(tmp_path)).info
 
 
 @pytest.mark.parametrize("field, value", [
@@ -307,16 +312,49 @@ def test_class_missing_from_eval_split_names_the_path(tmp_path):
     ("crop_fraction", 0.0), ("min_area", 2.0), ("max_aspect_ratio", 0.5), ("resolution", 0),
 ])
 def test_bad_config_values_name_the_field(tiny_folder, field, value):
-  with pytest.raises(ValueError, match=f"data.{field}"):
-    data.dataset_info(_config(tiny_folder, **{field: value}))
+  with pytest.raises(errors.ConfigError, match=f"data.{field}"):
+    Dataset(_config(tiny_folder, **{field: value}))
+
+
+def test_missing_folder_is_named_before_anything_is_read():
+  with pytest.raises(errors.ConfigError,
+                     match="^config.data.folder: no such directory: /no/such/folder$"):
+    Dataset(_config("/no/such/folder"))
+
+
+def test_unknown_tfds_name_is_one_line():
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(errors.ConfigError) as raised:
+    check_config(_tfds_config(tfds_name="no_such_dataset"))
+  assert str(raised.value).startswith("config.data.tfds_name='no_such_dataset': ")
+  assert "\n" not in str(raised.value)
+
+
+def test_each_split_is_loaded_once_per_dataset(tiny_folder, monkeypatch):
+  """.info, then the batches, decode each split once; another Dataset loads its own."""
+  loaded = []
+  load_split = folder.load_split
+  def counted(data_config, split):
+    loaded.append(split)
+    return load_split(data_config, split)
+  monkeypatch.setattr(folder, "load_split", counted)
+  dataset = Dataset(_config(tiny_folder))
+  assert dataset.info.num_train_examples == 9
+  next(dataset.train_batches(global_batch_size=3, seed=0))
+  next(dataset.eval_batches(global_batch_size=3))
+  assert dataset.num_eval_batches(3) == 3
+  assert loaded == ["train", "val"]
+  Dataset(_config(tiny_folder)).num_eval_batches(3)
+  assert loaded == ["train", "val", "val"]
 
 
 def test_batch_must_divide_over_processes(tiny_folder):
-  with pytest.raises(ValueError, match="global_batch_size=5 .* process_count=2"):
-    data.train_batches(_config(tiny_folder), global_batch_size=5, seed=0, process_index=0,
-                       process_count=2)
+  with pytest.raises(errors.ConfigError, match="global_batch_size=5 .* process_count=2"):
+    Dataset(_config(tiny_folder), process_index=0, process_count=2).train_batches(
+        global_batch_size=5, seed=0)
   with pytest.raises(ValueError, match="process_index=2"):
-    data.eval_batches(_config(tiny_folder), global_batch_size=4, process_index=2, process_count=2)
+    Dataset(_config(tiny_folder), process_index=2, process_count=2).eval_batches(
+        global_batch_size=4)
 
 
 # ----------------------------------------------------------------------------- tfds source
@@ -328,11 +366,9 @@ NUM_MOCK_EXAMPLES = 10
 def mock_tfds(monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
   # mock_data fakes the download, so whether the real hosts answer is beside the point.
-  monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
-  data._loaded_splits.clear()  # the mock's examples must not be served from another test's load
+  monkeypatch.setattr(tfds_source, "check_download_hosts_reachable", lambda *args: None)
   with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
     yield tfds
-  data._loaded_splits.clear()
 
 
 def _tfds_config(**overrides):
@@ -342,7 +378,7 @@ def _tfds_config(**overrides):
 
 
 def test_tfds_info_has_the_dataset_label_names(mock_tfds):
-  info = data.dataset_info(_tfds_config())
+  info = Dataset(_tfds_config()).info
   assert info.num_classes == 10
   assert info.label_names[:2] == ("n01440764", "n02102040")
   assert (info.num_train_examples, info.num_eval_examples) == (NUM_MOCK_EXAMPLES, NUM_MOCK_EXAMPLES)
@@ -350,16 +386,16 @@ def test_tfds_info_has_the_dataset_label_names(mock_tfds):
 
 @pytest.mark.parametrize("access", ["cache", "stream", "random_access"])
 def test_tfds_train_batches_are_resumable_and_split_over_processes(mock_tfds, monkeypatch, access):
-  monkeypatch.setattr(data, "_tfds_random_access", lambda builder: access == "random_access")
+  monkeypatch.setattr(tfds_source, "has_random_access", lambda builder: access == "random_access")
   config = _tfds_config(cache=access == "cache")
-  whole = _take(data.train_batches(config, global_batch_size=4, seed=1), 6)
+  whole = _take(Dataset(config).train_batches(global_batch_size=4, seed=1), 6)
   for batch in whole:
     assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
     assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
     assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert ((0 <= batch["label"]) & (batch["label"] < 10)).all()
-  resumed = _take(data.train_batches(config, global_batch_size=4, seed=1, start_step=4,
-                                     process_index=1, process_count=2), 2)
+  resumed = _take(Dataset(config, process_index=1, process_count=2).train_batches(
+      global_batch_size=4, seed=1, start_step=4), 2)
   for a, b in zip(whole[4:], resumed):
     np.testing.assert_array_equal(a["image"][2:], b["image"])
     np.testing.assert_array_equal(a["label"][2:], b["label"])
@@ -367,7 +403,7 @@ def test_tfds_train_batches_are_resumable_and_split_over_processes(mock_tfds, mo
 
 @pytest.mark.parametrize("access", ["cache", "stream", "random_access"])
 def test_tfds_eval_sees_every_example_once(mock_tfds, monkeypatch, access):
-  monkeypatch.setattr(data, "_tfds_random_access", lambda builder: access == "random_access")
+  monkeypatch.setattr(tfds_source, "has_random_access", lambda builder: access == "random_access")
   config = _tfds_config(cache=access == "cache")
   reference_images, reference_labels = _eval_examples(config, 1, 1)
   assert len(reference_labels) == NUM_MOCK_EXAMPLES
@@ -407,26 +443,23 @@ def test_tfds_images_of_any_size_feed_training_and_eval(monkeypatch, cache):
     images, labels = zip(*records)
     return tf.data.Dataset.from_tensor_slices({"image": list(images), "label": list(labels)})
 
-  monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
-  monkeypatch.setattr(data, "_tfds_random_access", lambda builder: False)
-  monkeypatch.setattr(data, "_tfds_num_examples", lambda *args: len(records))
-  data._loaded_splits.clear()
-  try:
-    with tfds.testing.mock_data(num_examples=len(records), as_dataset_fn=as_dataset):
-      config = _tfds_config(cache=cache)
-      assert data.dataset_info(config).num_train_examples == len(records)
-      for batch in _take(data.train_batches(config, global_batch_size=4, seed=0), 3):
-        assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
-        assert np.isfinite(batch["image"]).all()
-      _, labels = _eval_examples(config, 4, 1)
-      assert list(labels) == [label for _, label in records]
-  finally:
-    data._loaded_splits.clear()
+  monkeypatch.setattr(tfds_source, "check_download_hosts_reachable", lambda *args: None)
+  monkeypatch.setattr(tfds_source, "has_random_access", lambda builder: False)
+  monkeypatch.setattr(tfds_source, "count_examples", lambda *args: len(records))
+  with tfds.testing.mock_data(num_examples=len(records), as_dataset_fn=as_dataset):
+    config = _tfds_config(cache=cache)
+    dataset = Dataset(config)
+    assert dataset.info.num_train_examples == len(records)
+    for batch in _take(dataset.train_batches(global_batch_size=4, seed=0), 3):
+      assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
+      assert np.isfinite(batch["image"]).all()
+    _, labels = _eval_examples(config, 4, 1)
+    assert list(labels) == [label for _, label in records]
 
 
 def _assert_offline_advice(config):
-  with pytest.raises(data.DataSourceUnavailableError) as raised:
-    data.dataset_info(config)
+  with pytest.raises(errors.DataSourceUnavailableError) as raised:
+    Dataset(config).info
   message = str(raised.value)
   assert "imagenette/160px-v2" in message and "network is unreachable" in message
   assert "--config.data.source=folder" in message and "--config.data.data_dir=" in message
@@ -440,23 +473,32 @@ def test_tfds_offline_fails_fast_with_advice(tmp_path, offline):
 def test_tfds_offline_download_failure_gets_the_same_advice(tmp_path, offline, monkeypatch):
   """Past the quick check (say DNS works but the download does not), tfds' own error is translated."""
   from tensorflow_datasets.core.download import downloader
-  monkeypatch.setattr(data, "_check_download_hosts_reachable", lambda *args: None)
+  monkeypatch.setattr(tfds_source, "check_download_hosts_reachable", lambda *args: None)
   monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # tfds would back off for minutes
   _assert_offline_advice(_tfds_config(data_dir=str(tmp_path)))
 
 
 def test_sliced_folder_splits_hold_out_a_disjoint_share_of_every_class(tmp_path):
   from tests.conftest import write_image_folder
-  folder = write_image_folder(tmp_path / "images", train_per_class=10)
-  tuning = data._load_split(_config(folder, cache=False), "train[:80%]")
-  held_out = data._load_split(_config(folder, cache=False, eval_split="train[80%:]"),
-                              "train[80%:]")
+  root = write_image_folder(tmp_path / "images", train_per_class=10)
+  tuning = folder.load_split(_config(root, cache=False), "train[:80%]")
+  held_out = folder.load_split(_config(root, cache=False), "train[80%:]")
   assert (tuning.num_examples, held_out.num_examples) == (24, 6)
-  config = _config(folder, train_split="train[:80%]", eval_split="train[80%:]")
-  info = data.dataset_info(config)
+  dataset = Dataset(_config(root, train_split="train[:80%]", eval_split="train[80%:]"))
+  info = dataset.info
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (3, 24, 6)
-  labels = np.concatenate([b["label"][b["mask"]] for b in data.eval_batches(
-      config, global_batch_size=4)])
+  labels = np.concatenate([b["label"][b["mask"]] for b in dataset.eval_batches(
+      global_batch_size=4)])
   assert np.bincount(labels).tolist() == [2, 2, 2]
-  with pytest.raises(ValueError, match="train\\[90"):
-    data._load_split(_config(folder), "train[90%:10%]")
+  with pytest.raises(errors.ConfigError, match="train\\[90"):
+    Dataset(_config(root, eval_split="train[90%:10%]"))
+
+
+def test_pipeline_benchmark_reports_the_load_and_the_steady_state(tiny_folder):
+  lines = []
+  figures = data_benchmark.benchmark(_config(tiny_folder), global_batch_size=3, num_batches=2,
+                                     warmup_batches=1, print_fn=lines.append)
+  assert set(figures) == {"load_images_per_s", "images_per_s", "cpu_ms_per_image"}
+  assert all(value > 0 for value in figures.values())
+  assert lines[0].startswith("loaded 9 train images (decoded into memory) in ")
+  assert lines[1].startswith(f"train pipeline, {RESOLUTION} px, batch 3, float32: ")

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import export, model, train_lib
+from configs import base
+from mobilenet import export, model, trainer
 from tests.conftest import PROJECT_ROOT, write_image_folder
 
 RESOLUTION = 32
@@ -28,7 +29,7 @@ def trained_run(tmp_path_factory):
   config.train.inference_benchmark_s = 0.05
   workdir = root / "run"
   workdir.mkdir()
-  train_lib.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir))
   record = json.loads((workdir / "eval_results.json").read_text())
   record["kept_by_the_merge"] = "a key another tool wrote"
   (workdir / "eval_results.json").write_text(json.dumps(record))
@@ -79,10 +80,15 @@ def test_latency_is_measured_for_each_thread_count_and_merged_keeping_other_keys
   assert results["top1"] >= 0 and results["step"] == 2  # train.py's own keys stay
 
 
+def _model(**implementations):
+  model_config = base.get_base_config().model
+  model_config.update(num_classes=3, alpha=0.25, **implementations)
+  return model.from_config(model_config)
+
+
 def test_the_shifted_depthwise_export_is_refused_in_one_line():
   """The CPU training impl computes the same function as a graph XNNPACK splits up."""
-  net = model.MobileNet(num_classes=3, alpha=0.25, depthwise_impl="shifted",
-                        pointwise_impl="conv", standard_impl="conv")
+  net = _model(depthwise_impl="shifted", pointwise_impl="conv", standard_impl="conv")
   variables = net.init(jax.random.key(0), jnp.zeros((1, RESOLUTION, RESOLUTION, 3)))
   content = export.convert(export.inference_fn(net, variables), RESOLUTION)
   with pytest.raises(export.ExportError, match="delegate partitions, not one") as error:
@@ -112,16 +118,6 @@ def test_the_command_names_a_missing_workdir_in_one_line(tmp_path):
       f"error: workdir {tmp_path / 'nowhere'} does not exist")
 
 
-def test_merge_keeps_every_key_and_refuses_a_broken_file(tmp_path):
-  path = tmp_path / "eval_results.json"
-  path.write_text(json.dumps({"top1": 0.5, "litert_fp32_ms": 9.0}))
-  merged = export.merge_results(str(path), {"litert_fp32_ms": 1.5})
-  assert merged == json.loads(path.read_text()) == {"top1": 0.5, "litert_fp32_ms": 1.5}
-  path.write_text("{broken")
-  with pytest.raises(ValueError, match="is not valid JSON"):
-    export.merge_results(str(path), {"litert_fp32_ms": 1.5})
-
-
 def test_latency_summary_has_median_quartiles_and_extremes():
   summary = export.latency_summary([5.0, 1.0, 3.0, 2.0, 4.0])
   assert (summary["median_ms"], summary["min_ms"], summary["max_ms"], summary["runs"]) == (
@@ -130,7 +126,7 @@ def test_latency_summary_has_median_quartiles_and_extremes():
 
 
 def test_int8_runner_quantizes_with_the_models_own_parameters():
-  net = model.MobileNet(num_classes=3, alpha=0.25, **export.EXPORT_IMPLS)
+  net = _model(**export.EXPORT_IMPLS)
   variables = net.init(jax.random.key(0), jnp.zeros((1, RESOLUTION, RESOLUTION, 3)))
   content = export.convert(export.inference_fn(net, variables), RESOLUTION,
                            calibration_images=export.random_images(RESOLUTION, 4))

@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 from jax import lax
 
+from configs import base
 from mobilenet import cpu_kernels, model, ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _small_model(**fields):
+  """A 5-class MobileNet-0.25 of the base config, with `fields` of config.model changed."""
+  model_config = base.get_base_config().model
+  model_config.update(num_classes=5, alpha=0.25, **fields)
+  return model.from_config(model_config)
 
 
 def _grouped(x, kernel, strides, padding):
@@ -238,9 +246,9 @@ def _model_logits_and_grads(impls, dtype, variant="dws"):
   batch, resolution = 4, 40
   images = _random((batch, resolution, resolution, 3), seed=13).astype(dtype)
   labels = jnp.arange(batch) % 5
-  make = lambda dw, pw, std: model.MobileNet(
-      num_classes=5, variant=variant, alpha=0.25, depthwise_impl=dw, pointwise_impl=pw,
-      standard_impl=std, dtype=dtype)
+  make = lambda dw, pw, std: _small_model(
+      variant=variant, depthwise_impl=dw, pointwise_impl=pw, standard_impl=std,
+      dtype=jnp.dtype(dtype).name)
   variables = jax.jit(make(*impls[0]).init)(jax.random.key(0), images)
 
   def logits_and_grads(net, variables, images):
@@ -306,7 +314,7 @@ def test_conv_mobilenet_matmul_grad_matches_lax_in_float64():
 
 
 def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
-  net = model.MobileNet(num_classes=5, alpha=0.25)
+  net = _small_model()
   images = jnp.zeros((1, 32, 32, 3))
   variables = jax.eval_shape(net.init, jax.random.key(0), images)
   # Some convs sit inside custom-VJP calls: read the groups off the whole printed jaxpr.
@@ -320,23 +328,19 @@ def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
 
 SHARDED_KERNEL_SCRIPT = r"""
 import sys
-import jax, numpy as np, optax
+import jax, numpy as np
 from configs import dws
-from mobilenet import cpu_kernels, optim, train_lib
+from mobilenet import cpu_kernels, devices, steps
 assert jax.device_count() == 8, jax.devices()
 if not cpu_kernels.depthwise_available():
   sys.exit(77)
 config = dws.get_config("alpha=0.25,resolution=32,batch=16")
 config.model.num_classes = 3
-net = train_lib.build_model(config)
-mesh = train_lib.device_mesh()
-params = jax.eval_shape(net.init, jax.random.key(0), np.zeros((1, 32, 32, 3)))["params"]
-tx = optim.create_optimizer(config.optimizer, optax.constant_schedule(0.1), params)
-state = train_lib.create_train_state(config, net, tx, mesh)
-steps = train_lib.Steps(config, net, tx, mesh)
-batch = steps.global_batch({"image": np.zeros((16, 32, 32, 3), np.float32),
-                            "label": np.zeros(16, np.int32)})
-print(steps.train.lower(state, batch).compile().as_text())
+training = steps.build(config, devices.device_mesh(), steps_per_epoch=1, total_steps=1)
+state = training.init()
+batch = training.evaluation.global_batch({"image": np.zeros((16, 32, 32, 3), np.float32),
+                                          "label": np.zeros(16, np.int32)})
+print(training.train.lower(state, batch).compile().as_text())
 """
 
 

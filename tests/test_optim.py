@@ -10,7 +10,9 @@ from mobilenet import model, optim
 
 
 def _params(variant="dws"):
-  net = model.MobileNet(num_classes=10, variant=variant, alpha=0.25)
+  model_config = base.get_base_config().model
+  model_config.update(variant=variant, alpha=0.25)
+  net = model.from_config(model_config)
   return jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
 
 

@@ -1,11 +1,9 @@
 """The PyTorch twin trains what train.py trains: the same function, learning rates, decayed
 kernels and optimizer updates; its runs resume exactly; compare writes the parity record.
 Skipped where PyTorch (an optional, benchmark-only dependency) is not installed."""
+import contextlib
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from configs import dws  # pylint: disable=wrong-import-position
-from mobilenet import checkpoints, optim, parity, torch_twin, train_lib  # pylint: disable=wrong-import-position
+from mobilenet import model, optim, parity, torch_twin, trainer  # pylint: disable=wrong-import-position
 from tests.conftest import PROJECT_ROOT, write_image_folder  # pylint: disable=wrong-import-position
 
 TINY = "alpha=0.25,resolution=32,batch=4,epochs=1"
@@ -39,7 +37,7 @@ def _flax_variables(config, rng):
   """Variables of the Flax model's shapes, random but for a live network: kernels of variance
   1 / fan_in, BatchNorm statistics and affine parameters away from 0 and 1, so that every
   tensor's place and layout matters. (Built from shapes: Flax's eager init takes seconds.)"""
-  net = train_lib.build_model(config)
+  net = model.from_config(config.model)
   shapes = jax.eval_shape(net.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
 
   def value(path, leaf):
@@ -99,7 +97,7 @@ def test_the_same_padding_is_tfs():
 @pytest.mark.parametrize("decay_depthwise", [False, True])
 def test_the_twin_decays_exactly_the_kernels_optims_mask_decays(decay_depthwise):
   config = _config()
-  params = jax.eval_shape(train_lib.build_model(config).init, jax.random.key(0),
+  params = jax.eval_shape(model.from_config(config.model).init, jax.random.key(0),
                           np.zeros((1, 32, 32, 3), np.float32))["params"]
   mask = optim.weight_decay_mask(params, decay_depthwise=decay_depthwise)
   expected = {"/".join(key.key for key in path)
@@ -157,13 +155,20 @@ def test_the_twins_updates_are_optims_at_optims_learning_rates(optimizer):
                                atol=1e-6, err_msg=name)
 
 
-def _run_cli(workdir, *extra_env, folder):
-  environment = {**os.environ, "JAX_PLATFORMS": "cpu", "MOBILENET_ALLOCATOR": "system"}
-  environment.update(extra_env)
-  return subprocess.run(
-      [sys.executable, "-m", "mobilenet.parity", "train", f"--config=configs/dws.py:{TINY}",
-       f"--config.data.folder={folder}", f"--workdir={workdir}", *TINY_FLAGS],
-      cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=environment)
+class Killed(BaseException):
+  """Where the process would die: nothing after the step runs, no handler catches it."""
+
+
+@contextlib.contextmanager
+def _killed_after_step(step: int):
+  def kill(done):
+    if done == step:
+      raise Killed()
+  previous, trainer.HOOKS.step_done = trainer.HOOKS.step_done, kill
+  try:
+    yield
+  finally:
+    trainer.HOOKS.step_done = previous
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +181,9 @@ def tiny_runs(tmp_path_factory):
   config = _config(folder)
   whole.mkdir()
   parity.train_and_evaluate(config, str(whole))
-  killed = _run_cli(resumed, (checkpoints.KILL_AT_ENV, "train:3"), folder=folder)
-  assert killed.returncode == -9, killed.stderr[-2000:]
+  with pytest.raises(Killed):
+    with _killed_after_step(3):
+      parity.train_and_evaluate(config, str(resumed))
   assert torch.load(parity.checkpoint_path(str(resumed)), weights_only=True)["step"] == 2
   parity.train_and_evaluate(config, str(resumed))
   return folder, whole, resumed

@@ -9,48 +9,17 @@ import textwrap
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import PROJECT_ROOT, write_varied_image_folder
+from tests.conftest import (PROJECT_ROOT, TINY, changes, final_state, leaves,
+                            relative_difference, run_script, train_flags,
+                            write_varied_image_folder)
 
-TINY = "alpha=0.25,resolution=32,batch=8"
-
-
-def _run(script, *args, env=None, check=True):
-  result = subprocess.run([sys.executable, script, *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
-  if check and result.returncode != 0:
-    raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-  return result
-
-
-def _train_flags(folder, workdir, epochs=2, **overrides):
-  flags = [f"--config=configs/dws.py:{TINY},epochs={epochs}",
-           f"--workdir={workdir}",
-           f"--config.data.folder={folder}",
-           "--config.model.num_classes=3",
-           "--config.train.eval_batch_size=8",
-           "--config.train.log_every_steps=1",
-           "--config.train.inference_benchmark_s=0.1",
-           "--config.optimizer.learning_rate=0.4"]
-  return flags + [f"--config.{key}={value}" for key, value in overrides.items()]
-
-
-def _final_state(workdir):
-  steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
-                 if p.name.isdigit())
-  path = pathlib.Path(workdir) / "checkpoints" / str(steps[-1]) / "state"
-  # The checkpoint may come from another device count: restore onto this process's one device.
-  single_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-  return steps[-1], checkpointer.restore(
-      path.absolute(), args=ocp.args.StandardRestore(fallback_sharding=single_device))
 
 
 def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tmp_path):
   workdir = tmp_path / "run"
-  first = _run("train.py", *_train_flags(tiny_image_folder, workdir, epochs=1))
+  first = run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1))
   assert "final eval at step 2" in first.stdout
   assert (workdir / "checkpoints" / "2").is_dir()
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -59,7 +28,7 @@ def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tm
                                            "step_time_s"))
   assert list((workdir / "tensorboard").iterdir())
 
-  second = _run("train.py", *_train_flags(tiny_image_folder, workdir, epochs=2))
+  second = run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=2))
   assert "Resumed from the checkpoint of step 2" in second.stdout
   assert "final eval at step 4" in second.stdout
   trained = json.loads((workdir / "eval_results.json").read_text())
@@ -68,7 +37,7 @@ def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tm
   assert trained["session_train_wall_s"] > 0
 
   (workdir / "eval_results.json").unlink()
-  _run("eval.py", f"--config=configs/dws.py:{TINY}", f"--workdir={workdir}",
+  run_script("eval.py", f"--config=configs/dws.py:{TINY}", f"--workdir={workdir}",
        f"--config.data.folder={tiny_image_folder}", "--config.model.num_classes=3",
        "--config.train.eval_batch_size=8")
   results = json.loads((workdir / "eval_results.json").read_text())
@@ -77,7 +46,7 @@ def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tm
     assert key in results, key
   assert results["step"] == 4 and results["num_examples"] == 9 and results["top5"] == 1.0
 
-  report = _run("-m", "mobilenet.report", str(workdir), "--out", str(tmp_path / "report"))
+  report = run_script("-m", "mobilenet.report", str(workdir), "--out", str(tmp_path / "report"))
   assert "MobileNet" in (tmp_path / "report" / "results.md").read_text()
   assert (tmp_path / "report" / "accuracy_vs_mult_adds.png").stat().st_size > 1000
   del report
@@ -88,96 +57,68 @@ def test_resumed_run_ends_with_bit_identical_state(tiny_image_folder, tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   overrides = {"train.checkpoint_every_steps": 1, "train.keep_checkpoints": 10,
                "optimizer.ema_decay": 0.5, "model.dropout_rate": 0.3}
-  _run("train.py", *_train_flags(tiny_image_folder, straight, epochs=2, **overrides))
-  _run("train.py", *_train_flags(tiny_image_folder, resumed, epochs=2, **overrides))
+  run_script("train.py", *train_flags(tiny_image_folder, straight, epochs=2, **overrides))
+  run_script("train.py", *train_flags(tiny_image_folder, resumed, epochs=2, **overrides))
   for step in (2, 3, 4):
     shutil.rmtree(resumed / "checkpoints" / str(step))
-  rerun = _run("train.py", *_train_flags(tiny_image_folder, resumed, epochs=2, **overrides))
+  rerun = run_script("train.py", *train_flags(tiny_image_folder, resumed, epochs=2, **overrides))
   assert "Resumed from the checkpoint of step 1" in rerun.stdout
-  step_a, state_a = _final_state(straight)
-  step_b, state_b = _final_state(resumed)
+  step_a, state_a = final_state(straight)
+  step_b, state_b = final_state(resumed)
   assert step_a == step_b == 4
-  flat_a = dict(_leaves(state_a))
-  flat_b = dict(_leaves(state_b))
+  flat_a = dict(leaves(state_a))
+  flat_b = dict(leaves(state_b))
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
 
 
-def _leaves(tree, prefix=""):
-  if isinstance(tree, dict):
-    for key, value in tree.items():
-      yield from _leaves(value, f"{prefix}/{key}")
-  elif isinstance(tree, (list, tuple)):
-    for index, value in enumerate(tree):
-      yield from _leaves(value, f"{prefix}/{index}")
-  elif tree is not None:  # optax keeps None for masked-out state
-    yield prefix, np.asarray(tree)
-
-
 def _initial_variables(**model_overrides) -> dict:
   """The params and batch_stats every TINY run starts from, made as train.py makes them."""
-  import optax
   from configs import dws
-  from mobilenet import train_lib
+  from mobilenet import devices, steps
   config = dws.get_config(TINY)
   config.model.update(model_overrides)
-  state = train_lib.create_train_state(config, train_lib.build_model(config), optax.identity(),
-                                       train_lib.device_mesh(jax.devices()[:1]))
+  training = steps.build(config, devices.device_mesh(jax.devices()[:1]), steps_per_epoch=1,
+                         total_steps=1)
+  state = training.init()
   return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-
-
-def _changes(tree, start) -> dict:
-  """Each float leaf of `tree` minus the same leaf of `start` (zero where `start` lacks it)."""
-  begin = dict(_leaves(start))
-  return {key: value - begin.get(key, 0) for key, value in _leaves(tree)
-          if np.issubdtype(value.dtype, np.floating)}
-
-
-def _relative_difference(a: dict, b: dict) -> float:
-  """||a - b|| / ||b|| over all the leaves together, which a leaf whose true value is near zero
-  (a BatchNorm scale just before another BatchNorm) cannot dominate with its rounding noise."""
-  assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
-  difference = sum(float(np.sum((a[key] - b[key]) ** 2)) for key in b)
-  norm = sum(float(np.sum(b[key] ** 2)) for key in b)
-  assert norm > 0, "nothing to compare: every leaf of the reference is zero"
-  return (difference / norm) ** 0.5
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import sys
-    import jax, numpy as np, optax
+    import jax, numpy as np
     from configs import dws
-    from mobilenet import optim, train_lib
-    from tests.test_train import _changes
+    from mobilenet import devices, steps
+    from tests.conftest import changes
     assert jax.device_count() == 8, jax.devices()
     config = dws.get_config("alpha=0.25,resolution=32,batch=16")
     config.model.num_classes = 3
     config.model.dropout_rate = 0.0
     config.optimizer.weight_decay = 0.0  # the update is then the gradient's alone
-    net = train_lib.build_model(config)
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.schedule = "exponential"  # a constant rate over this one step: 0.1
+    config.optimizer.learning_rate = 0.1 * 256 / 16
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32),
              "label": rng.integers(0, 3, 16).astype(np.int32)}
     saved = {}
-    for devices in (jax.devices()[:1], jax.devices()):
-      mesh = train_lib.device_mesh(devices)
-      params = jax.eval_shape(net.init, jax.random.key(0), np.zeros((1, 32, 32, 3)))["params"]
-      tx = optim.create_optimizer(config.optimizer, optax.constant_schedule(0.1), params)
-      state = train_lib.create_train_state(config, net, tx, mesh)
-      steps = train_lib.Steps(config, net, tx, mesh)
-      global_batch = steps.global_batch(batch)
-      assert len(global_batch["image"].sharding.device_set) == len(devices)
+    for device_list in (jax.devices()[:1], jax.devices()):
+      training = steps.build(config, devices.device_mesh(device_list), steps_per_epoch=1,
+                             total_steps=1)
+      state = training.init()
+      global_batch = training.evaluation.global_batch(batch)
+      assert len(global_batch["image"].sharding.device_set) == len(device_list)
       # Data parallel needs all-reduces only; moving slices of the batch between devices
       # (collective-permutes) is slow and could deadlock XLA:CPU's in-process collectives.
-      compiled = steps.train.lower(state, global_batch).compile().as_text()
+      compiled = training.train.lower(state, global_batch).compile().as_text()
       assert "collective-permute" not in compiled, "the batch is resharded inside the step"
       start = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-      state, metrics = steps.train(state, global_batch)
+      state, metrics = training.train(state, global_batch)
       end = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-      for key, change in _changes(end, start).items():
-        saved[f"{len(devices)}{key}"] = change
-      saved[f"{len(devices)}/loss"] = np.asarray(metrics["loss"])
+      for key, change in changes(end, start).items():
+        saved[f"{len(device_list)}{key}"] = change
+      saved[f"{len(device_list)}/loss"] = np.asarray(metrics["loss"])
     np.savez(sys.argv[1], **saved)
 """)
 
@@ -201,7 +142,7 @@ def test_eight_devices_give_the_same_loss_and_update_as_one(tmp_path):
   for group in ("params", "batch_stats"):
     one = {key: value for key, value in runs["1"].items() if key.startswith(f"{group}/")}
     eight = {key: value for key, value in runs["8"].items() if key.startswith(f"{group}/")}
-    assert one and _relative_difference(eight, one) < 1e-3, group
+    assert one and relative_difference(eight, one) < 1e-3, group
 
 
 def _free_port():
@@ -222,14 +163,14 @@ def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
   overrides = {"train.global_batch_size": 16, "optimizer.warmup_epochs": 0,
                "model.dropout_rate": 0.0, "train.eval_batch_size": 4}
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-  _run("train.py", *_train_flags(tiny_image_folder, tmp_path / "single", epochs=1, **overrides),
+  run_script("train.py", *train_flags(tiny_image_folder, tmp_path / "single", epochs=1, **overrides),
        env=env)
 
   port = _free_port()
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   processes = []
   for process_id in range(2):
-    flags = _train_flags(tiny_image_folder, tmp_path / "multi", epochs=1, **overrides) + [
+    flags = train_flags(tiny_image_folder, tmp_path / "multi", epochs=1, **overrides) + [
         "--config.distributed.initialize=True",
         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
         "--config.distributed.num_processes=2",
@@ -247,17 +188,17 @@ def test_two_processes_train_the_same_model_as_one(tiny_image_folder, tmp_path):
   assert single["step"] == multi["step"] == 1
   assert multi["num_examples"] == single["num_examples"] == 9
   assert multi["loss"] == pytest.approx(single["loss"], rel=1e-3)
-  _, state_single = _final_state(tmp_path / "single")
-  _, state_multi = _final_state(tmp_path / "multi")
+  _, state_single = final_state(tmp_path / "single")
+  _, state_multi = final_state(tmp_path / "multi")
   initial = _initial_variables(num_classes=3)
   starts = {"params": initial["params"], "ema_params": initial["params"],
             "batch_stats": initial["batch_stats"], "opt_state": {}}  # the momentum starts at 0
   for group, start in starts.items():
     # Compared to its norm, reordered sums move the step's change by ~2e-5; computing on other
     # examples moves it by more than 0.1 (see the eight-device test).
-    single_change = _changes(state_single[group], start)
-    multi_change = _changes(state_multi[group], start)
-    assert single_change and _relative_difference(multi_change, single_change) < 1e-3, group
+    single_change = changes(state_single[group], start)
+    multi_change = changes(state_multi[group], start)
+    assert single_change and relative_difference(multi_change, single_change) < 1e-3, group
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +212,7 @@ def test_default_config_trains_and_evaluates_on_photos_of_mixed_sizes(varied_fol
   """The README's first command on a user's folder (sizes 9x12 to 4000x10 and 1200x1600, the
   first image the smallest): only the length and the image size are cut for speed."""
   workdir = tmp_path / "run"
-  result = _run("train.py", "--config=configs/dws.py:epochs=0.6,resolution=32,batch=8",
+  result = run_script("train.py", "--config=configs/dws.py:epochs=0.6,resolution=32,batch=8",
                 f"--config.data.folder={varied_folder}", "--config.model.num_classes=3",
                 f"--config.data.cache={cache}", "--config.train.inference_benchmark_s=0.1",
                 f"--workdir={workdir}")
@@ -287,10 +228,10 @@ def test_default_config_trains_and_evaluates_on_photos_of_mixed_sizes(varied_fol
 def test_eval_py_alone_evaluates_a_32_px_run_and_keeps_its_training_fields(tiny_image_folder,
                                                                           tmp_path):
   workdir = tmp_path / "run"
-  _run("train.py", *_train_flags(tiny_image_folder, workdir, epochs=1))
+  run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1))
   trained = json.loads((workdir / "eval_results.json").read_text())
   (workdir / "eval_results.json").write_text(json.dumps({**trained, "top1": -1.0}))
-  _run("eval.py", f"--workdir={workdir}")  # model, resolution and data from the checkpoint
+  run_script("eval.py", f"--workdir={workdir}")  # model, resolution and data from the checkpoint
   evaluated = json.loads((workdir / "eval_results.json").read_text())
   assert evaluated["resolution"] == 32 and evaluated["alpha"] == 0.25
   assert evaluated["top1"] == pytest.approx(trained["top1"])

@@ -1,0 +1,78 @@
+"""Images/s of the train input pipeline: the one-off load of the train split (the decode into
+memory with data.cache, else the check of every file), then the steady state.
+
+    python -m mobilenet.data_benchmark --config=configs/dws.py [--resolution 128] [--batches 200]
+        [--batch_size 64]
+"""
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ warning spam for skipped files
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from mobilenet import errors
+from mobilenet.input import Dataset
+
+FLAGS = flags.FLAGS
+
+
+def benchmark(data_config, *, global_batch_size: int, num_batches: int, seed: int = 0,
+              warmup_batches: int = 10, print_fn=print) -> dict[str, float]:
+  """Images/s of the train pipeline: loading the train split, then steady state."""
+  dataset = Dataset(data_config)
+  start, start_cpu = time.perf_counter(), time.process_time()
+  batches = dataset.train_batches(global_batch_size=global_batch_size, seed=seed)  # loads the split
+  load_seconds = time.perf_counter() - start
+  load_cpu_seconds = time.process_time() - start_cpu
+  num_images = dataset.info.num_train_examples  # also loads the eval split, as training does
+  load_cpu_ms = load_cpu_seconds * 1000 / num_images
+  what = "decoded into memory" if data_config.cache else "checked"
+  print_fn(f"loaded {num_images} train images ({what}) in {load_seconds:.1f} s: "
+           f"{num_images / load_seconds:.0f} images/s; {load_cpu_ms:.2f} CPU ms per image")
+  start = time.perf_counter()
+  for _ in range(warmup_batches):
+    next(batches)
+  warmup_seconds = time.perf_counter() - start
+  start, start_cpu = time.perf_counter(), time.process_time()
+  for _ in range(num_batches):
+    batch = next(batches)
+  seconds = time.perf_counter() - start
+  # CPU time of all the process's threads: a figure that other jobs on the machine barely move.
+  cpu_ms_per_image = (time.process_time() - start_cpu) * 1000 / (num_batches * global_batch_size)
+  rate = num_batches * global_batch_size / seconds
+  print_fn(f"train pipeline, {data_config.resolution} px, batch {global_batch_size}, "
+           f"{batch['image'].dtype}: {rate:.0f} images/s over {num_batches} batches "
+           f"(after {warmup_batches} warm-up batches in {warmup_seconds:.1f} s); "
+           f"{cpu_ms_per_image:.2f} CPU ms per image = {1000 / cpu_ms_per_image:.0f} images/s "
+           "per fully free core")
+  return {"load_images_per_s": num_images / load_seconds, "images_per_s": rate,
+          "cpu_ms_per_image": cpu_ms_per_image}
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  data_config = config.data
+  if FLAGS.resolution:
+    data_config.resolution = FLAGS.resolution
+  batch_size = FLAGS.batch_size or config.train.global_batch_size
+  source = data_config.folder if data_config.source == "folder" else data_config.tfds_name
+  print(f"source: {data_config.source} {source}, cache={data_config.cache}, "
+        f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+  try:
+    benchmark(data_config, global_batch_size=batch_size, num_batches=FLAGS.batches,
+              seed=config.seed)
+  except errors.UserError as error:
+    raise SystemExit(f"error: {error}") from None
+  print(f"load average afterwards {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
+  flags.DEFINE_integer("resolution", 0, "Overrides config.data.resolution.")
+  flags.DEFINE_integer("batches", 200, "Batches to time after the warm-up.")
+  flags.DEFINE_integer("batch_size", 0, "Global batch size; default config.train.global_batch_size.")
+  app.run(main)

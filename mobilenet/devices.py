@@ -1,0 +1,43 @@
+"""Which devices a run uses: multi-host start-up, the data-parallel mesh, and their description."""
+import os
+import platform
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(distributed_config) -> None:
+  """jax.distributed.initialize() when `config.distributed.initialize` asks for it (multi-host)."""
+  if not distributed_config.initialize:
+    return
+  # Cross-process collectives on CPU need gloo; the setting does not touch GPU or TPU backends.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if distributed_config.coordinator_address:
+    kwargs = dict(coordinator_address=distributed_config.coordinator_address,
+                  num_processes=distributed_config.num_processes,
+                  process_id=distributed_config.process_id)
+  jax.distributed.initialize(**kwargs)
+
+
+def device_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of all processes): pure data parallelism."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+
+
+def description() -> str:
+  """What results name as their device: the CPU model and core count, or the accelerator."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    name = platform.processor() or "cpu"
+    try:
+      with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        name = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+      pass
+    return f"cpu: {name}, {os.cpu_count()} cores"
+  return f"{device.platform}: {device.device_kind} x{jax.device_count()}"

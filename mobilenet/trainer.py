@@ -1,0 +1,319 @@
+"""The training loop: train steps, and around them a few periodic actions (log and finite check,
+checkpoint, evaluate) and preemption; then the final checkpoint, evaluation and results.
+
+Training time is kept in each checkpoint, so a run resumed many times still reports the time of
+all its steps (redone steps counted once, evaluation and start-up excluded).
+"""
+import dataclasses
+import os
+import signal
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mobilenet import checkpoints, costs, devices, errors, evaluation, metrics, optim, results
+from mobilenet import steps as steps_lib
+from mobilenet.input import Dataset, DatasetInfo
+
+# train.py's exit status after a SIGTERM: the shell's for a process the signal ended, so that
+# neither `train.py && eval.py` nor a job scheduler takes the interrupted run for a finished one.
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+
+
+def _nothing(*_):
+  pass
+
+
+@dataclasses.dataclass
+class Hooks:
+  """Points of the loop where tests inject faults (tests/fault_injection.py); no-ops otherwise."""
+  step_done: Callable[[int], None] = _nothing  # the step's update was dispatched
+  eval_batch_done: Callable[[int], None] = _nothing  # one eval batch of the evaluation at a step
+  save_started: Callable[[int], None] = _nothing  # a checkpoint of the step is being written
+  save_committing: Callable[[], None] = _nothing  # orbax: complete, before the rename
+
+
+HOOKS = Hooks()
+
+
+def check_config(train_config: ml_collections.ConfigDict) -> None:
+  """The train section: batch sizes that split evenly over devices and processes, epochs."""
+  device_count, process_count = jax.device_count(), jax.process_count()
+  for field in ("global_batch_size", "eval_batch_size"):
+    size = train_config[field]
+    if size < 1:
+      raise errors.ConfigError(f"config.train.{field} must be >= 1; got {size}")
+    if size % device_count or size % process_count:
+      raise errors.ConfigError(f"config.train.{field}={size} must divide by the {device_count} "
+                               f"devices ({process_count} processes)")
+  if train_config.num_epochs <= 0:
+    raise errors.ConfigError(f"config.train.num_epochs must be > 0; "
+                             f"got {train_config.num_epochs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """The dataset a run reads, how many steps it takes, and how often it logs, evaluates and
+  saves: what every trainer of this config (train.py's, the PyTorch twin) agrees on."""
+  dataset: Dataset
+  info: DatasetInfo
+  global_batch: int
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  checkpoint_every: int
+  log_every: int
+
+
+def plan_run(config: ml_collections.ConfigDict) -> RunPlan:
+  """The run's plan, after checking that the dataset has the model's number of classes."""
+  dataset = Dataset(config.data)
+  info = dataset.info
+  if info.num_classes != config.model.num_classes:
+    raise errors.ConfigError(
+        f"model.num_classes is {config.model.num_classes} but the dataset has "
+        f"{info.num_classes} classes; set --config.model.num_classes={info.num_classes}")
+  global_batch = config.train.global_batch_size
+  steps_per_epoch, total_steps = optim.steps_for(info.num_train_examples, global_batch,
+                                                 config.train.num_epochs)
+  return RunPlan(dataset, info, global_batch, steps_per_epoch, total_steps,
+                 eval_every=config.train.eval_every_steps or steps_per_epoch,
+                 checkpoint_every=config.train.checkpoint_every_steps or steps_per_epoch,
+                 log_every=max(config.train.log_every_steps, 1))
+
+
+def short_run_warning(opt, *, steps_per_epoch: int, total_steps: int) -> str | None:
+  """One line when the run ends before its learning-rate warm-up does (None otherwise)."""
+  warmup_steps = int(opt.warmup_epochs * steps_per_epoch)
+  if total_steps >= warmup_steps:
+    return None
+  return (f"this run ({total_steps} steps) is shorter than its learning-rate warm-up "
+          f"({warmup_steps} steps = optimizer.warmup_epochs={opt.warmup_epochs:g} epochs): the "
+          "rate never reaches its peak; train more epochs or lower optimizer.warmup_epochs")
+
+
+class RemainingTime:
+  """The ETA of the progress lines, from this session's steps after its first one.
+
+  The first step of a session includes compiling the step (and restoring, after a resume),
+  and earlier sessions ran at their own speed: neither says how fast the remaining steps go.
+  Until a second step has finished, the estimate uses the interval being logged.
+  """
+
+  def __init__(self, total_steps: int):
+    self.total_steps = total_steps
+    self._since = None  # (step, time) when the session's first step had finished
+
+  def first_step_done(self, step: int, now: float) -> None:
+    self._since = (step, now)
+
+  def seconds(self, step: int, now: float, interval_step_time_s: float) -> float:
+    if self._since is None or step <= self._since[0]:
+      step_time = interval_step_time_s
+    else:
+      step_time = (now - self._since[1]) / (step - self._since[0])
+    return (self.total_steps - step) * step_time
+
+
+class Progress:
+  """Step metrics, checked on the host every `log_every` steps and before anything is saved or
+  evaluated: a non-finite loss or state stops the run; the means and the ETA are logged; the
+  interval's time is added to the training time (evaluations are left out)."""
+
+  def __init__(self, plan: RunPlan, schedule, writer: metrics.MetricWriter,
+               checkpointer: checkpoints.Checkpointer, train_seconds: float):
+    self.plan, self.schedule, self.writer, self.checkpointer = plan, schedule, writer, checkpointer
+    self.train_seconds = train_seconds  # over every session so far
+    self.remaining_time = RemainingTime(plan.total_steps)
+    self._pending = []  # (step, device metrics) not yet checked on the host
+    self._interval_start = time.perf_counter()
+
+  def add(self, step: int, step_metrics: dict, *, first_of_session: bool) -> None:
+    self._pending.append((step, step_metrics))
+    if first_of_session:  # it compiled the step: the ETA counts the steps after it
+      jax.block_until_ready(step_metrics)
+      self.remaining_time.first_step_done(step, time.perf_counter())
+
+  def due(self, step: int) -> bool:
+    return step % self.plan.log_every == 0 or step == self.plan.total_steps
+
+  def restart_clock(self) -> None:
+    """After an evaluation: what it took is not training time."""
+    self._interval_start = time.perf_counter()
+
+  def check(self, now_step: int) -> None:
+    """Fetches the pending metrics, stops on a non-finite one, logs their means."""
+    if not self._pending:
+      return
+    fetched = jax.device_get([values for _, values in self._pending])
+    for (step, _), values in zip(self._pending, fetched):
+      if not np.isfinite(values["loss"]) or not values[steps_lib.STATE_IS_FINITE]:
+        problem = (f"the loss became {values['loss']}" if not np.isfinite(values["loss"])
+                   else "the update made parameters or optimizer state non-finite")
+        last_good = self.checkpointer.latest_step()
+        kept = (f"the last good checkpoint (step {last_good}) is kept in "
+                f"{self.checkpointer.directory}" if last_good else "no checkpoint was saved before it")
+        raise errors.NonFiniteLoss(f"{problem} at step {step}; stopping: {kept}")
+    elapsed = time.perf_counter() - self._interval_start
+    self.train_seconds += elapsed
+    means = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0]
+             if name != steps_lib.STATE_IS_FINITE}
+    images_per_s = len(fetched) * self.plan.global_batch / max(elapsed, 1e-9)
+    means.update(learning_rate=float(self.schedule(now_step - 1)), images_per_s=images_per_s,
+                 step_time_s=elapsed / len(fetched), steps=len(fetched))
+    self.writer.write(now_step, "train", means)
+    remaining = self.remaining_time.seconds(now_step, time.perf_counter(), means["step_time_s"])
+    metrics.console(
+        f"step {now_step:>6}/{self.plan.total_steps}  loss {means['loss']:.4f}  "
+        f"acc {100 * means['accuracy']:5.1f}%  lr {means['learning_rate']:.5f}  "
+        f"{images_per_s:7.1f} img/s  ETA {metrics.format_duration(remaining)}")
+    self._pending = []
+    self._interval_start = time.perf_counter()
+
+
+class Preemption:
+  """Turns SIGTERM (how preemption arrives) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave the default handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _start(workdir: str, checkpointer: checkpoints.Checkpointer, training: steps_lib.Training,
+           start_step: int):
+  """The state to train from and the training time so far (None where a checkpoint from
+  before the time was kept does not say): restored, or initialised."""
+  if not start_step:
+    return training.init(), 0.0
+  checkpointer.check_restorable(training.abstract_state, start_step, "resume this training")
+  state = checkpointer.restore(training.abstract_state, start_step)
+  metrics.console(f"Resumed from the checkpoint of step {start_step} in {workdir}")
+  return state, checkpointer.train_seconds(start_step)
+
+
+def _describe(config, plan: RunPlan) -> str:
+  cost = costs.count(config.model.variant, config.model.alpha, config.data.resolution,
+                     config.model.num_classes)
+  return (f"{config.model.variant} alpha={config.model.alpha} {config.data.resolution}px: "
+          f"{cost.mult_adds / 1e6:.0f}M mult-adds, {cost.params / 1e6:.2f}M params | "
+          f"{plan.info.num_train_examples} train / {plan.info.num_eval_examples} eval examples | "
+          f"{plan.total_steps} steps of {plan.global_batch} ({plan.steps_per_epoch}/epoch) on "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains from the latest checkpoint in `workdir` (or from scratch) to the end; evaluates."""
+  plan = plan_run(config)
+  with checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                before_commit=lambda: HOOKS.save_committing()) as checkpointer:
+    start_step = checkpointer.latest_step() or 0
+    if start_step:  # another model's checkpoint is refused now, before anything is compiled
+      checkpoints.check_same_model(checkpointer.saved_config(start_step), config.to_dict(),
+                                   workdir)
+    finished = results.finished_run(workdir, start_step, plan.total_steps)
+    if finished is not None:  # nothing to train or evaluate again, nothing to append to the logs
+      metrics.console(f"This run is finished (step {start_step} of {plan.total_steps}); its "
+                      f"results are in {os.path.join(workdir, results.FILENAME)}")
+      return {**finished, "finished_before": True}
+    warning = short_run_warning(config.optimizer, steps_per_epoch=plan.steps_per_epoch,
+                                total_steps=plan.total_steps)
+    if warning:
+      logging.warning(warning)
+    training = steps_lib.build(config, devices.device_mesh(),
+                               steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps)
+    state, train_seconds = _start(workdir, checkpointer, training, start_step)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as out:
+        out.write(config.to_json_best_effort(indent=2))
+    metrics.console(_describe(config, plan))
+    writer = metrics.MetricWriter(workdir)
+    try:
+      return _loop(config, workdir, plan, checkpointer, training, writer, state, start_step,
+                   train_seconds)
+    finally:
+      writer.close()
+
+
+def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Training, writer,
+          state, start_step: int, train_seconds: float | None) -> dict:
+  progress = Progress(plan, training.schedule, writer, checkpointer, train_seconds or 0.0)
+  batches = plan.dataset.train_batches(global_batch_size=plan.global_batch, seed=config.seed,
+                                       start_step=start_step)
+
+  def save(step: int) -> None:
+    progress.check(step)  # never save a state whose loss went non-finite
+    HOOKS.save_started(step)
+    checkpointer.save(step, state, config, train_seconds=progress.train_seconds)
+
+  def evaluate(step: int) -> dict:
+    progress.check(step)  # a diverged state is not worth evaluating
+    totals = evaluation.evaluate(
+        training.evaluation, steps_lib.evaluated_variables(state),
+        plan.dataset.eval_batches(global_batch_size=config.train.eval_batch_size),
+        after_batch=lambda: HOOKS.eval_batch_done(step))
+    progress.restart_clock()
+    writer.write(step, "eval", totals)
+    return totals
+
+  with Preemption() as preemption:
+    for step in range(start_step, plan.total_steps):
+      state, step_metrics = training.train(state, training.evaluation.global_batch(next(batches)))
+      done = step + 1
+      HOOKS.step_done(done)
+      progress.add(done, step_metrics, first_of_session=step == start_step)
+      if progress.due(done):
+        progress.check(done)
+      if preemption.requested:
+        save(done)
+        checkpointer.wait()
+        metrics.console(f"SIGTERM received: saved the checkpoint of step {done}; exiting. "
+                        "Run the same command to resume.")
+        return {"preempted_at": done}
+      if done % plan.checkpoint_every == 0 and done != plan.total_steps:
+        save(done)
+      if done % plan.eval_every == 0 and done != plan.total_steps:
+        totals = evaluate(done)
+        metrics.console(f"eval at step {done}: top-1 {100 * totals['top1']:.2f}%  "
+                        f"top-5 {100 * totals['top5']:.2f}%")
+  session_images = (plan.total_steps - start_step) * plan.global_batch
+  session_seconds = progress.train_seconds - (train_seconds or 0.0)
+  final_step = max(plan.total_steps, start_step)
+  if start_step < plan.total_steps:
+    save(final_step)
+  del batches  # its prefetching would compete with the final evaluation for the CPU
+  totals = evaluate(final_step)
+  record = {**results.evaluation_record(config, final_step, totals, devices.description()),
+            "infer_images_per_s": evaluation.measure_inference_speed(
+                training.evaluation.net, steps_lib.evaluated_variables(state), config)}
+  if session_images > 0:
+    record.update(session_train_wall_s=session_seconds,
+                  session_train_images_per_s=session_images / session_seconds)
+  if train_seconds is not None and progress.train_seconds > 0:
+    record.update(train_wall_s=progress.train_seconds,
+                  train_images_per_s=final_step * plan.global_batch / progress.train_seconds)
+  checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
+  path = os.path.join(workdir, results.FILENAME)
+  if jax.process_index() == 0:
+    results.write(path, record)
+  metrics.console(f"final eval at step {final_step}: top-1 {100 * totals['top1']:.2f}%  "
+                  f"top-5 {100 * totals['top5']:.2f}%; results in {path}")
+  return record

@@ -1,0 +1,79 @@
+"""The loop's periodic actions, each on its own: training time, logging and the finite check."""
+import types
+
+import jax.numpy as jnp
+import pytest
+
+from mobilenet import errors, steps, trainer
+
+
+class FakeClock:
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self) -> float:
+    return self.now
+
+
+class Recorder:
+  def __init__(self):
+    self.records = []
+
+  def write(self, step, kind, scalars):
+    self.records.append((step, kind, scalars))
+
+
+def _progress(monkeypatch, train_seconds=0.0, log_every=2):
+  clock = FakeClock()
+  monkeypatch.setattr(trainer.time, "perf_counter", clock)
+  monkeypatch.setattr(trainer.metrics, "console", lambda message: None)
+  plan = types.SimpleNamespace(total_steps=10, log_every=log_every, global_batch=4)
+  checkpointer = types.SimpleNamespace(latest_step=lambda: 2, directory="/run/checkpoints")
+  writer = Recorder()
+  progress = trainer.Progress(plan, lambda step: 0.1, writer, checkpointer, train_seconds)
+  return progress, clock, writer
+
+
+def _metrics(loss=1.0, finite=True):
+  return {"loss": jnp.float32(loss), "accuracy": jnp.float32(0.5),
+          steps.STATE_IS_FINITE: jnp.bool_(finite)}
+
+
+def test_training_time_adds_the_logged_intervals_to_the_checkpoints_and_skips_evaluation(
+    monkeypatch):
+  progress, clock, writer = _progress(monkeypatch, train_seconds=100.0)
+  for step in (1, 2):
+    clock.now += 1.0
+    progress.add(step, _metrics(), first_of_session=step == 1)
+  progress.check(2)
+  clock.now += 50.0  # an evaluation
+  progress.restart_clock()
+  clock.now += 3.0
+  progress.add(3, _metrics(), first_of_session=False)
+  progress.check(3)
+  assert progress.train_seconds == pytest.approx(100.0 + 2.0 + 3.0)
+  assert [(step, kind) for step, kind, _ in writer.records] == [(2, "train"), (3, "train")]
+  assert writer.records[0][2]["images_per_s"] == pytest.approx(2 * 4 / 2.0)
+
+
+def test_a_non_finite_loss_stops_naming_its_step_and_the_last_good_checkpoint(monkeypatch):
+  progress, _, writer = _progress(monkeypatch)
+  progress.add(3, _metrics(), first_of_session=True)
+  progress.add(4, _metrics(loss=float("nan")), first_of_session=False)
+  with pytest.raises(errors.NonFiniteLoss, match=r"the loss became nan at step 4; stopping: the "
+                                                 r"last good checkpoint \(step 2\)"):
+    progress.check(4)
+  assert not writer.records
+
+
+def test_an_overflowed_state_stops_though_its_loss_is_finite(monkeypatch):
+  progress, _, _ = _progress(monkeypatch)
+  progress.add(3, _metrics(finite=False), first_of_session=True)
+  with pytest.raises(errors.NonFiniteLoss, match="non-finite at step 3"):
+    progress.check(3)
+
+
+def test_logging_is_due_every_log_every_steps_and_at_the_last():
+  plan = types.SimpleNamespace(total_steps=7, log_every=3, global_batch=4)
+  progress = trainer.Progress(plan, None, None, None, 0.0)
+  assert [step for step in range(1, 8) if progress.due(step)] == [3, 6, 7]
