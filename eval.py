@@ -17,7 +17,7 @@ if __name__ == "__main__":
   allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
   native_stderr.hide_known_noise()
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from mobilenet import cli, evaluation  # pylint: disable=g-import-not-at-top
@@ -32,9 +32,7 @@ flags.DEFINE_integer("resolution", None, "Evaluate at this input resolution inst
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(_):
   config, workdir = cli.prepare_evaluation(FLAGS["config"], FLAGS.workdir, step=FLAGS.step,
                                            resolution=FLAGS.resolution)
   evaluation.evaluate_checkpoint(config, workdir, FLAGS.step)

@@ -15,7 +15,7 @@ if __name__ == "__main__":
   allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
   native_stderr.hide_known_noise()
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from mobilenet import cli, trainer  # pylint: disable=g-import-not-at-top
@@ -27,9 +27,7 @@ flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(_):
   result = cli.train(FLAGS.config, FLAGS.workdir)
   if "preempted_at" in result:
     sys.exit(trainer.EXIT_PREEMPTED)

@@ -18,38 +18,14 @@ from configs import base
 
 def get_config(arg=None):
   config = base.get_base_config()
-  config.model.num_classes = 1000
-  config.model.dropout_rate = 0.001
-  config.model.dtype = "bfloat16"
-  config.model.bn_momentum = 0.9997
-
-  config.data.source = "tfds"
-  config.data.tfds_name = "imagenet2012"
-  config.data.eval_split = "validation"
-  config.data.resolution = 224
-  config.data.min_area = 0.25
-  config.data.cache = False
-  config.data.image_dtype = "bfloat16"
-
-  config.train.global_batch_size = 1024
-  config.train.eval_batch_size = 1000
-  config.train.num_epochs = 200.0
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 2000
-  config.train.eval_every_steps = 5000
-
-  config.optimizer.name = "rmsprop"
-  config.optimizer.learning_rate = 0.045
-  config.optimizer.schedule = "exponential"
-  config.optimizer.warmup_epochs = 5.0
-  config.optimizer.decay_rate = 0.94
-  config.optimizer.decay_epochs = 2.0
-  config.optimizer.momentum = 0.9
-  config.optimizer.rmsprop_decay = 0.9
-  config.optimizer.epsilon = 1.0
-  config.optimizer.weight_decay = 4e-5
-  config.optimizer.weight_decay_on_depthwise = False
-  config.optimizer.grad_clip_norm = 2.0
-  config.optimizer.label_smoothing = 0.1
-  config.optimizer.ema_decay = 0.9999
+  config.model.update(num_classes=1000, dropout_rate=0.001, dtype="bfloat16", bn_momentum=0.9997)
+  config.data.update(source="tfds", tfds_name="imagenet2012", eval_split="validation",
+                     resolution=224, min_area=0.25, cache=False, image_dtype="bfloat16")
+  config.train.update(global_batch_size=1024, eval_batch_size=1000, num_epochs=200.0,
+                      log_every_steps=100, checkpoint_every_steps=2000, eval_every_steps=5000)
+  config.optimizer.update(
+      name="rmsprop", learning_rate=0.045, schedule="exponential", warmup_epochs=5.0,
+      decay_rate=0.94, decay_epochs=2.0, momentum=0.9, rmsprop_decay=0.9, epsilon=1.0,
+      weight_decay=4e-5, weight_decay_on_depthwise=False, grad_clip_norm=2.0,
+      label_smoothing=0.1, ema_decay=0.9999)
   return base.apply_argument(config, arg)

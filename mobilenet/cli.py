@@ -189,8 +189,12 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     sys.exit(1)
 
 
-def run(main) -> None:
+def run(main, *, takes_arguments: bool = False) -> None:
+  """absl's app.run of `main(argv)`: a UserError ends it in one line; arguments that are not
+  flags are refused unless the command `takes_arguments`."""
   def guarded(argv):
+    if len(argv) > 1 and not takes_arguments:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO
     try:

@@ -563,10 +563,8 @@ def _positive(name: str, value: int) -> None:
 
 
 def main(argv):
-  from absl import app  # pylint: disable=import-outside-toplevel
+  del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   for name in ("threads", "calibration_images", "check_images", "latency_runs", "rounds"):
     _positive(name, FLAGS[name].value)
   threads = [1] + ([FLAGS.threads] if FLAGS.threads and FLAGS.threads != 1 else [])

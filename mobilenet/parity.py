@@ -433,7 +433,7 @@ def _train_command() -> None:
     config, workdir = cli.prepare(flags.FLAGS.config, flags.FLAGS.workdir, for_training=True)
     train_and_evaluate(config, workdir)
 
-  cli.run(main)
+  cli.run(main, takes_arguments=True)
 
 
 if __name__ == "__main__":

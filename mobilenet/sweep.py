@@ -120,6 +120,16 @@ def stale_reason(row: Row, requested: dict) -> str | None:
   return f"{shown} {verb} with {differences[0]}{more}; {remedy} to train the row afresh"
 
 
+def report_stale(reasons: list[str], *, dry_run: bool) -> int:
+  """A dry run lists every stale result (exit 0); a real run stops at the first (exit 1)."""
+  if dry_run:
+    for reason in reasons:
+      print(f"stale: {reason}")
+    return 0
+  print(f"error: {reasons[0]}", file=sys.stderr)
+  return 1
+
+
 def run_command(command: list[str]) -> None:
   """Runs one step of a row as its own process, echoed first; raises CalledProcessError."""
   print("$ " + " ".join(command), flush=True)
@@ -183,13 +193,8 @@ def main(argv=None) -> int:
     status = "stale" if stale[row] else "done" if finished(row) else "missing"
     print(f"{row.name:<24} {status}")
   reasons = [reason for reason in stale.values() if reason]
-  if args.dry_run:
-    for reason in reasons:
-      print(f"stale: {reason}")
-    return 0
-  if reasons:
-    print(f"error: {reasons[0]}", file=sys.stderr)
-    return 1
+  if args.dry_run or reasons:
+    return report_stale(reasons, dry_run=args.dry_run)
   if not args.report_only:
     for row in rows:
       if not finished(row):

@@ -299,12 +299,8 @@ def main(argv=None) -> int:
             f"{'done' if folders.finished(item) else 'missing'}")
     if not complete:
       print("(later stages are decided when these have finished)")
-    for reason in reasons:
-      print(f"stale: {reason}")
-    return 0
-  if reasons:
-    print(f"error: {reasons[0]}", file=sys.stderr)
-    return 1
+  if args.dry_run or reasons:
+    return sweep.report_stale(reasons, dry_run=args.dry_run)
   write_ranking(folders, trials, args.epochs, complete)
   return 0
 

@@ -425,7 +425,7 @@ def main(argv):
     ArrayWriter().start()
     raise errors.CheckpointNotWritten("could not write a checkpoint")
 
-cli.run(main)
+cli.run(main, takes_arguments=True)
 """
 
 
