@@ -94,10 +94,8 @@ def eval_step(variables, batch, *, net: model.MobileNet):
   }
 
 
-def evaluated_variables(state) -> dict:
-  """The part of a TrainState (or of a partly restored one) that evaluation reads."""
-  if isinstance(state, dict):
-    return {name: state[name] for name in EVALUATED_STATE}
+def evaluated_variables(state: TrainState) -> dict:
+  """The part of a TrainState that evaluation reads (what eval.py restores of a checkpoint)."""
   return {name: getattr(state, name) for name in EVALUATED_STATE}
 
 
@@ -141,10 +139,11 @@ def build_evaluation(config: ml_collections.ConfigDict, mesh: Mesh) -> Evaluatio
   abstract = _with_sharding({"params": variables["params"],
                              "batch_stats": variables["batch_stats"],
                              "ema_params": variables["params"]}, replicated)
+  evaluation = Evaluation(net, mesh, abstract, eval=None)
   evaluate = jax.jit(functools.partial(eval_step, net=net),
-                     in_shardings=(replicated, NamedSharding(mesh, PartitionSpec(DATA_AXIS))),
+                     in_shardings=(replicated, evaluation.batch_sharding),
                      out_shardings=replicated)
-  return Evaluation(net, mesh, abstract, evaluate)
+  return dataclasses.replace(evaluation, eval=evaluate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,5 +186,10 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, steps_per_epoch: int
       in_shardings=(replicated, evaluation.batch_sharding),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
-  abstract_state = _with_sharding(jax.eval_shape(init_state), replicated)
+  # From evaluation's shapes: tracing init_state would trace the whole model's init again.
+  abstract = evaluation.abstract_variables
+  abstract_state = TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=abstract["params"],
+      batch_stats=abstract["batch_stats"], ema_params=abstract["ema_params"],
+      opt_state=_with_sharding(jax.eval_shape(tx.init, abstract["params"]), replicated))
   return Training(evaluation, tx, schedule, init, abstract_state, train)

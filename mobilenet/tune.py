@@ -98,6 +98,8 @@ def trial(changes: dict, epochs: float, stage: str, seed: int = 0) -> Trial:
 class Folders:
   workdirs: pathlib.Path
   results: pathlib.Path
+  # A finished trial's held-out top-1, read once: planning compares the same trials many times.
+  _top1: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def kept(self, item: Trial) -> pathlib.Path:
     return self.results / "runs" / item.name
@@ -105,15 +107,17 @@ class Folders:
   def finished(self, item: Trial) -> bool:
     return (self.kept(item) / "eval_results.json").is_file()
 
-
-def top1(folders: Folders, item: Trial) -> Optional[float]:
-  if not folders.finished(item):
-    return None
-  return report.read_json(folders.kept(item) / "eval_results.json")["top1"]
+  def top1(self, item: Trial) -> Optional[float]:
+    """The trial's held-out top-1; None until it has finished."""
+    if item.name not in self._top1:
+      if not self.finished(item):
+        return None
+      self._top1[item.name] = report.read_json(self.kept(item) / "eval_results.json")["top1"]
+    return self._top1[item.name]
 
 
 def best(folders: Folders, trials: list[Trial]) -> Trial:
-  return max(trials, key=lambda item: top1(folders, item))
+  return max(trials, key=lambda item: folders.top1(item))
 
 
 def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
@@ -134,9 +138,9 @@ def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
   gains = []  # (gain over base, factor, change) of the best variant of each factor that helped
   for factor, items in variants.items():
     winner = best(folders, items)
-    if top1(folders, winner) > top1(folders, base):
+    if folders.top1(winner) > folders.top1(base):
       change = FACTORS[factor][items.index(winner)]
-      gains.append((top1(folders, winner) - top1(folders, base), factor, change))
+      gains.append((folders.top1(winner) - folders.top1(base), factor, change))
   if len(gains) >= 2:
     combined, changed = dict(base.changes), set()
     for _, _, change in sorted(gains, key=lambda entry: -entry[0]):
@@ -149,7 +153,7 @@ def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
       if not folders.finished(candidate):
         return trials, False
 
-  first, second = sorted(trials, key=lambda item: -top1(folders, item))[:2]
+  first, second = sorted(trials, key=lambda item: -folders.top1(item))[:2]
   trials += [dataclasses.replace(item, seed=SECOND_SEED, stage="4: second seed")
              for item in (first, second)]
   return trials, True
