@@ -17,8 +17,10 @@ depthwise path calls a compiled kernel (`mobilenet.cpu_kernels`), built on
 first use; `auto` takes it where it builds and `shifted` where it does not. On
 GPU/TPU the library convolutions are fast, so `auto` keeps them there.
 """
+import dataclasses
 import functools
-from typing import Callable
+import inspect
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,30 +101,60 @@ def standard_conv_fn(impl: str = "auto") -> ConvFn:
 # Shared argument handling.
 
 
-def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
-  if lhs.ndim != 4 or rhs.ndim != 4:
-    return False
-  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  return numbers == _NHWC_HWIO
+@dataclasses.dataclass(frozen=True)
+class _ConvCall:
+  """The arguments of one `lax.conv_general_dilated` call, by name, for a fast path to inspect."""
+  lhs: jax.Array
+  rhs: jax.Array
+  window_strides: Sequence[int]
+  padding: str | Sequence[tuple[int, int]]
+  lhs_dilation: Sequence[int] | None = None
+  rhs_dilation: Sequence[int] | None = None
+  dimension_numbers: Any = None
+  feature_group_count: int = 1
+  batch_group_count: int = 1
+  precision: Any = None
+  preferred_element_type: Any = None
+
+  def is_nhwc_hwio(self) -> bool:
+    if self.lhs.ndim != 4 or self.rhs.ndim != 4:
+      return False
+    numbers = lax.conv_dimension_numbers(self.lhs.shape, self.rhs.shape, self.dimension_numbers)
+    return numbers == _NHWC_HWIO
+
+  def is_plain_nhwc(self) -> bool:
+    """An NHWC/HWIO conv without dilation or batch groups, in the input's dtype."""
+    return (self.is_nhwc_hwio() and _all_ones(self.lhs_dilation)
+            and _all_ones(self.rhs_dilation) and self.batch_group_count == 1
+            and self.preferred_element_type is None)
+
+  def is_depthwise(self) -> bool:
+    """A multiplier-1 depthwise conv: one (H, W, 1) filter per input channel."""
+    channels = self.lhs.shape[-1] if self.lhs.ndim == 4 else None
+    return (self.is_plain_nhwc() and self.feature_group_count == channels
+            and self.rhs.shape[2:] == (1, channels))
+
+  @property
+  def strides(self) -> tuple[int, int]:
+    return tuple(int(s) for s in self.window_strides)
+
+  @property
+  def pads(self) -> tuple:
+    """Pairs (before, after) per spatial dim, as lax computes them for 'SAME'/'VALID'."""
+    return _explicit_padding(self.padding, self.lhs.shape[1:3], self.rhs.shape[:2],
+                             self.strides)
 
 
-def _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
-                preferred_element_type) -> bool:
-  """An NHWC/HWIO conv without dilation or batch groups, in the input's dtype."""
-  return (_is_nhwc_hwio(lhs, rhs, dimension_numbers) and _all_ones(lhs_dilation)
-          and _all_ones(rhs_dilation) and batch_group_count == 1
-          and preferred_element_type is None)
-
-
-def _falls_back_to(fallback: ConvFn) -> Callable[[ConvFn], ConvFn]:
-  """For a fast path that returns NotImplemented where it does not apply: sends those convs,
-  with the same arguments, to `fallback`, so that the result is a drop-in
-  `lax.conv_general_dilated`."""
-  def decorate(fast_path: ConvFn) -> ConvFn:
+def _falls_back_to(fallback: ConvFn) -> Callable[[Callable[[_ConvCall], Any]], ConvFn]:
+  """Makes a drop-in `lax.conv_general_dilated` of a fast path that takes the call's arguments
+  as one `_ConvCall` and returns NotImplemented where it does not apply: those calls go, with
+  the same arguments, to `fallback`."""
+  def decorate(fast_path: Callable[[_ConvCall], Any]) -> ConvFn:
     @functools.wraps(fast_path)
     def conv(*args, **kwargs):
-      result = fast_path(*args, **kwargs)
+      result = fast_path(_ConvCall(*args, **kwargs))
       return fallback(*args, **kwargs) if result is NotImplemented else result
+    conv.__signature__ = inspect.signature(_ConvCall)
     return conv
   return decorate
 
@@ -143,25 +175,15 @@ def _explicit_padding(padding, in_shape, window_shape, strides) -> tuple:
 
 
 @_falls_back_to(lax.conv_general_dilated)
-def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                           rhs_dilation=None, dimension_numbers=None,
-                           feature_group_count=1, batch_group_count=1, precision=None,
-                           preferred_element_type=None):
+def shifted_depthwise_conv(call: _ConvCall):
   """`lax.conv_general_dilated` for depthwise kernels (H, W, 1, C), as fused tap multiply-adds.
 
   Anything that is not a multiplier-1 depthwise NHWC conv without dilation
   falls through to lax, so the function is a drop-in replacement.
   """
-  channels = lhs.shape[-1] if lhs.ndim == 4 else None
-  supported = (
-      _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
-                  preferred_element_type)
-      and feature_group_count == channels and rhs.shape[2:] == (1, channels))
-  if not supported:
+  if not call.is_depthwise():
     return NotImplemented
-  strides = tuple(int(s) for s in window_strides)
-  pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
-  return _depthwise(lhs, rhs, strides, pads)
+  return _depthwise(call.lhs, call.rhs, call.strides, call.pads)
 
 
 def _tap(array, start_h, start_w, out_h, out_w, strides):
@@ -337,29 +359,19 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 @_falls_back_to(shifted_depthwise_conv)
-def ffi_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                       rhs_dilation=None, dimension_numbers=None,
-                       feature_group_count=1, batch_group_count=1, precision=None,
-                       preferred_element_type=None):
+def ffi_depthwise_conv(call: _ConvCall):
   """`lax.conv_general_dilated` for float32 depthwise 3x3 kernels (3, 3, 1, C), as the compiled
   CPU kernel of `mobilenet.cpu_kernels`, forward and backward.
 
   The kernel is float32 only: other dtypes (a bfloat16 model), other kernel sizes and pads
   beyond 2 go to `shifted_depthwise_conv`, which passes anything but a depthwise conv on to lax.
   """
-  channels = lhs.shape[-1] if lhs.ndim == 4 else None
-  supported = (
-      _plain_nhwc(lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
-                  preferred_element_type)
-      and feature_group_count == channels and rhs.shape == (3, 3, 1, channels)
-      and lhs.dtype == rhs.dtype == jnp.float32)
-  if supported:
-    strides = tuple(int(s) for s in window_strides)
-    pads = _explicit_padding(padding, lhs.shape[1:3], (3, 3), strides)
-    supported = all(0 <= p <= 2 for pair in pads for p in pair)
+  supported = (call.is_depthwise() and call.rhs.shape[:2] == (3, 3)
+               and call.lhs.dtype == call.rhs.dtype == jnp.float32
+               and all(0 <= p <= 2 for pair in call.pads for p in pair))
   if not supported:
     return NotImplemented
-  return _ffi_depthwise(lhs, rhs, strides, pads)
+  return _ffi_depthwise(call.lhs, call.rhs, call.strides, call.pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -385,30 +397,27 @@ _ffi_depthwise.defvjp(_ffi_depthwise_fwd, _ffi_depthwise_bwd)
 
 
 @_falls_back_to(lax.conv_general_dilated)
-def matmul_pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                          rhs_dilation=None, dimension_numbers=None,
-                          feature_group_count=1, batch_group_count=1, precision=None,
-                          preferred_element_type=None):
+def matmul_pointwise_conv(call: _ConvCall):
   """`lax.conv_general_dilated` for 1x1 kernels, as [N*H*W, Cin] x [Cin, Cout].
 
   Anything else (grouped, dilated, non-NHWC, larger kernels) falls through to lax.
   """
   supported = (
-      _is_nhwc_hwio(lhs, rhs, dimension_numbers) and rhs.shape[:2] == (1, 1)
-      and _all_ones(lhs_dilation) and feature_group_count == 1 and batch_group_count == 1)
+      call.is_nhwc_hwio() and call.rhs.shape[:2] == (1, 1) and _all_ones(call.lhs_dilation)
+      and call.feature_group_count == 1 and call.batch_group_count == 1)
   if not supported:
     return NotImplemented
-  strides = tuple(int(s) for s in window_strides)
-  pads = _explicit_padding(padding, lhs.shape[1:3], (1, 1), strides)
-  x = lhs
+  strides, pads = call.strides, call.pads
+  x = call.lhs
   if any(p != (0, 0) for p in pads):
     x = _pad_spatial(x, *pads)
   if strides != (1, 1):
     x = x[:, ::strides[0], ::strides[1], :]
-  if preferred_element_type is not None:
-    return lax.dot_general(x, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=preferred_element_type)
-  return _pixel_matmul(x, rhs[0, 0], precision)
+  kernel = call.rhs[0, 0]
+  if call.preferred_element_type is not None:
+    return lax.dot_general(x, kernel, (((3,), (0,)), ((), ())), precision=call.precision,
+                           preferred_element_type=call.preferred_element_type)
+  return _pixel_matmul(x, kernel, call.precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -447,10 +456,7 @@ _pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
 
 
 @_falls_back_to(lax.conv_general_dilated)
-def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                     rhs_dilation=None, dimension_numbers=None,
-                     feature_group_count=1, batch_group_count=1, precision=None,
-                     preferred_element_type=None):
+def matmul_grad_conv(call: _ConvCall):
   """`lax.conv_general_dilated`, whose kernel gradient is one [Cin, N*H*W] x [N*H*W, Cout]
   product per kernel tap.
 
@@ -458,14 +464,9 @@ def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   (a convolution over the batch) 7-15x slower than the same sum written as products
   of shifted slices. Grouped, dilated or non-NHWC convs fall through to lax.
   """
-  supported = feature_group_count == 1 and _plain_nhwc(
-      lhs, rhs, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count,
-      preferred_element_type)
-  if not supported:
+  if not (call.feature_group_count == 1 and call.is_plain_nhwc()):
     return NotImplemented
-  strides = tuple(int(s) for s in window_strides)
-  pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
-  return _conv_matmul_kernel_grad(lhs, rhs, strides, pads, precision)
+  return _conv_matmul_kernel_grad(call.lhs, call.rhs, call.strides, call.pads, call.precision)
 
 
 def _lax_conv(x, kernel, strides, pads, precision):

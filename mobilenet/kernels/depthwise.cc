@@ -15,6 +15,7 @@
 // threads the intra-op pool has or how it schedules them.
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +23,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -67,6 +70,49 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count,
   while (progress->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
 }
 
+// Calls body(std::integral_constant<int, taps>()), so that each tap count gets a loop of its own.
+template <typename Body>
+void WithTapCount(int taps, Body&& body) {
+  switch (taps) {
+    case 0: return body(std::integral_constant<int, 0>());
+    case 1: return body(std::integral_constant<int, 1>());
+    case 2: return body(std::integral_constant<int, 2>());
+    case 3: return body(std::integral_constant<int, 3>());
+    case 4: return body(std::integral_constant<int, 4>());
+    case 5: return body(std::integral_constant<int, 5>());
+    case 6: return body(std::integral_constant<int, 6>());
+    case 7: return body(std::integral_constant<int, 7>());
+    case 8: return body(std::integral_constant<int, 8>());
+    default: return body(std::integral_constant<int, kTaps>());
+  }
+}
+
+// Calls visit(t, i * 3 + j, h, w) for the taps (i, j) of output pixel (oh, ow) whose input
+// pixel (h, w) lies inside the image, t counting them from 0; returns how many there were.
+template <typename Visit>
+int ForEachTapInImage(const Geometry& g, int64_t oh, int64_t ow, Visit&& visit) {
+  int taps = 0;
+  for (int i = 0; i < 3; ++i) {
+    const int64_t h = oh * g.stride_h - g.pad_top + i;
+    if (h < 0 || h >= g.in_h) continue;
+    for (int j = 0; j < 3; ++j) {
+      const int64_t w = ow * g.stride_w - g.pad_left + j;
+      if (w < 0 || w >= g.in_w) continue;
+      visit(taps++, i * 3 + j, h, w);
+    }
+  }
+  return taps;
+}
+
+// The first T row pointers, copied into a fixed-size local array that the compiler keeps in
+// registers across the channel loop.
+template <int T, typename Pointer>
+std::array<Pointer, T> FirstTaps(const Pointer* rows) {
+  std::array<Pointer, T> first;
+  for (int t = 0; t < T; ++t) first[t] = rows[t];
+  return first;
+}
+
 // out[c] = sum_t a[t][c] * b[t][c].
 template <int T>
 void SumOfProducts(const float* const* a, const float* const* b, float* __restrict out,
@@ -74,12 +120,8 @@ void SumOfProducts(const float* const* a, const float* const* b, float* __restri
   if constexpr (T == 0) {
     std::memset(out, 0, channels * sizeof(float));
   } else {
-    const float* ap[T];
-    const float* bp[T];
-    for (int t = 0; t < T; ++t) {
-      ap[t] = a[t];
-      bp[t] = b[t];
-    }
+    const auto ap = FirstTaps<T>(a);
+    const auto bp = FirstTaps<T>(b);
 #pragma GCC ivdep
     for (int64_t c = 0; c < channels; ++c) {
       float sum = ap[0][c] * bp[0][c];
@@ -91,18 +133,9 @@ void SumOfProducts(const float* const* a, const float* const* b, float* __restri
 
 void SumOfProducts(int taps, const float* const* a, const float* const* b, float* out,
                    int64_t channels) {
-  switch (taps) {
-    case 0: return SumOfProducts<0>(a, b, out, channels);
-    case 1: return SumOfProducts<1>(a, b, out, channels);
-    case 2: return SumOfProducts<2>(a, b, out, channels);
-    case 3: return SumOfProducts<3>(a, b, out, channels);
-    case 4: return SumOfProducts<4>(a, b, out, channels);
-    case 5: return SumOfProducts<5>(a, b, out, channels);
-    case 6: return SumOfProducts<6>(a, b, out, channels);
-    case 7: return SumOfProducts<7>(a, b, out, channels);
-    case 8: return SumOfProducts<8>(a, b, out, channels);
-    default: return SumOfProducts<9>(a, b, out, channels);
-  }
+  WithTapCount(taps, [&](auto count) {
+    SumOfProducts<decltype(count)::value>(a, b, out, channels);
+  });
 }
 
 // acc[t][c] += a[t][c] * d[c].
@@ -110,12 +143,8 @@ template <int T>
 void AccumulateProducts(float* const* acc, const float* const* a, const float* __restrict d,
                         int64_t channels) {
   if constexpr (T > 0) {
-    float* accp[T];
-    const float* ap[T];
-    for (int t = 0; t < T; ++t) {
-      accp[t] = acc[t];
-      ap[t] = a[t];
-    }
+    const auto accp = FirstTaps<T>(acc);
+    const auto ap = FirstTaps<T>(a);
 #pragma GCC ivdep
     for (int64_t c = 0; c < channels; ++c) {
       const float dc = d[c];
@@ -126,18 +155,9 @@ void AccumulateProducts(float* const* acc, const float* const* a, const float* _
 
 void AccumulateProducts(int taps, float* const* acc, const float* const* a, const float* d,
                         int64_t channels) {
-  switch (taps) {
-    case 0: return;
-    case 1: return AccumulateProducts<1>(acc, a, d, channels);
-    case 2: return AccumulateProducts<2>(acc, a, d, channels);
-    case 3: return AccumulateProducts<3>(acc, a, d, channels);
-    case 4: return AccumulateProducts<4>(acc, a, d, channels);
-    case 5: return AccumulateProducts<5>(acc, a, d, channels);
-    case 6: return AccumulateProducts<6>(acc, a, d, channels);
-    case 7: return AccumulateProducts<7>(acc, a, d, channels);
-    case 8: return AccumulateProducts<8>(acc, a, d, channels);
-    default: return AccumulateProducts<9>(acc, a, d, channels);
-  }
+  WithTapCount(taps, [&](auto count) {
+    AccumulateProducts<decltype(count)::value>(acc, a, d, channels);
+  });
 }
 
 // y[n, oh, :, :]: each output pixel sums the input pixels under the taps inside the image.
@@ -146,18 +166,10 @@ void ForwardRow(const Geometry& g, const float* x, const float* kernel, float* y
   const float* inputs[kTaps];
   const float* weights[kTaps];
   for (int64_t ow = 0; ow < g.out_w; ++ow) {
-    int taps = 0;
-    for (int i = 0; i < 3; ++i) {
-      const int64_t h = oh * g.stride_h - g.pad_top + i;
-      if (h < 0 || h >= g.in_h) continue;
-      for (int j = 0; j < 3; ++j) {
-        const int64_t w = ow * g.stride_w - g.pad_left + j;
-        if (w < 0 || w >= g.in_w) continue;
-        inputs[taps] = x + g.InPixel(n, h, w);
-        weights[taps] = kernel + (i * 3 + j) * g.channels;
-        ++taps;
-      }
-    }
+    const int taps = ForEachTapInImage(g, oh, ow, [&](int t, int tap, int64_t h, int64_t w) {
+      inputs[t] = x + g.InPixel(n, h, w);
+      weights[t] = kernel + tap * g.channels;
+    });
     SumOfProducts(taps, inputs, weights, y + g.OutPixel(n, oh, ow), g.channels);
   }
 }
@@ -191,18 +203,10 @@ void KernelGradRow(const Geometry& g, const float* x, const float* dy, float* dk
   float* sums[kTaps];
   const float* inputs[kTaps];
   for (int64_t ow = 0; ow < g.out_w; ++ow) {
-    int taps = 0;
-    for (int i = 0; i < 3; ++i) {
-      const int64_t h = oh * g.stride_h - g.pad_top + i;
-      if (h < 0 || h >= g.in_h) continue;
-      for (int j = 0; j < 3; ++j) {
-        const int64_t w = ow * g.stride_w - g.pad_left + j;
-        if (w < 0 || w >= g.in_w) continue;
-        sums[taps] = dkernel + (i * 3 + j) * g.channels;
-        inputs[taps] = x + g.InPixel(n, h, w);
-        ++taps;
-      }
-    }
+    const int taps = ForEachTapInImage(g, oh, ow, [&](int t, int tap, int64_t h, int64_t w) {
+      sums[t] = dkernel + tap * g.channels;
+      inputs[t] = x + g.InPixel(n, h, w);
+    });
     AccumulateProducts(taps, sums, inputs, dy + g.OutPixel(n, oh, ow), g.channels);
   }
 }
@@ -311,28 +315,30 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// The attributes both handlers take after their buffers.
+template <typename Binding>
+auto WithGeometry(Binding&& binding) {
+  return std::forward<Binding>(binding)
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_left");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mobilenet_depthwise3x3_forward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                              WithGeometry(ffi::Ffi::Bind()
+                                               .Ctx<ffi::ThreadPool>()
+                                               .Arg<ffi::Buffer<ffi::F32>>()
+                                               .Arg<ffi::Buffer<ffi::F32>>()
+                                               .Ret<ffi::Buffer<ffi::F32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mobilenet_depthwise3x3_backward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                              WithGeometry(ffi::Ffi::Bind()
+                                               .Ctx<ffi::ThreadPool>()
+                                               .Arg<ffi::Buffer<ffi::F32>>()
+                                               .Arg<ffi::Buffer<ffi::F32>>()
+                                               .Arg<ffi::Buffer<ffi::F32>>()
+                                               .Ret<ffi::Buffer<ffi::F32>>()
+                                               .Ret<ffi::Buffer<ffi::F32>>()));
