@@ -25,7 +25,8 @@ BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.prefet
                       "data.on_corrupt", "model.depthwise_impl", "model.pointwise_impl",
                       "model.standard_impl", "train.eval_batch_size", "train.log_every_steps",
                       "train.eval_every_steps", "train.checkpoint_every_steps",
-                      "train.keep_checkpoints", "train.inference_benchmark_s", "distributed")
+                      "train.keep_checkpoints", "train.inference_benchmark_s", "train.profile_steps",
+                      "distributed")
 
 # Names the argument string may set, and the config fields they stand for.
 SHORTHANDS = {
@@ -86,6 +87,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       checkpoint_every_steps=0,  # 0: once per epoch
       keep_checkpoints=3,
       inference_benchmark_s=3.0,  # time spent measuring inference images/s for eval_results.json
+      profile_steps=0,          # >0: a jax.profiler trace of this many steps into <workdir>/profile
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -50,6 +50,9 @@ def check_config(train_config: ml_collections.ConfigDict) -> None:
     if size % device_count or size % process_count:
       raise errors.ConfigError(f"config.train.{field}={size} must divide by the {device_count} "
                                f"devices ({process_count} processes)")
+  if train_config.profile_steps < 0:
+    raise errors.ConfigError(f"config.train.profile_steps must be >= 0; "
+                             f"got {train_config.profile_steps}")
   if train_config.num_epochs <= 0:
     raise errors.ConfigError(f"config.train.num_epochs must be > 0; "
                              f"got {train_config.num_epochs}")
@@ -198,6 +201,40 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class ProfileWindow:
+  """A `jax.profiler` trace of `steps` training steps, from the end of the session's first step
+  (which compiles) on, written under <workdir>/profile for TensorBoard's profile plugin or
+  Perfetto. A run that ends or stops inside the window closes the trace where it is."""
+
+  def __init__(self, workdir: str, steps: int, start_step: int):
+    self.directory = os.path.join(workdir, "profile")
+    self.first, self.last = start_step + 1, start_step + 1 + steps
+    self.steps = steps
+    self.tracing = False
+
+  def after_step(self, done: int, outputs) -> None:
+    if not self.steps or done not in (self.first, self.last):
+      return
+    jax.block_until_ready(outputs)  # the trace holds exactly the steps of the window
+    if done == self.first:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+    else:
+      self._stop()
+
+  def _stop(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      metrics.console(f"Profile of steps {self.first + 1}-{self.last} written to {self.directory}")
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._stop()
+
+
 def _start(workdir: str, checkpointer: checkpoints.Checkpointer, training: steps_lib.Training,
            start_step: int):
   """The state to train from and the training time so far (None where a checkpoint from
@@ -274,11 +311,13 @@ def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Trai
     writer.write(step, "eval", totals)
     return totals
 
-  with Preemption() as preemption:
+  profile = ProfileWindow(workdir, config.train.profile_steps, start_step)
+  with Preemption() as preemption, profile:
     for step in range(start_step, plan.total_steps):
       state, step_metrics = training.train(state, training.evaluation.global_batch(next(batches)))
       done = step + 1
       HOOKS.step_done(done)
+      profile.after_step(done, (state, step_metrics))
       progress.add(done, step_metrics, first_of_session=step == start_step)
       if progress.due(done):
         progress.check(done)
@@ -294,22 +333,33 @@ def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Trai
         totals = evaluate(done)
         metrics.console(f"eval at step {done}: top-1 {100 * totals['top1']:.2f}%  "
                         f"top-5 {100 * totals['top5']:.2f}%")
-  session_images = (plan.total_steps - start_step) * plan.global_batch
-  session_seconds = progress.train_seconds - (train_seconds or 0.0)
   final_step = max(plan.total_steps, start_step)
   if start_step < plan.total_steps:
     save(final_step)
   del batches  # its prefetching would compete with the final evaluation for the CPU
   totals = evaluate(final_step)
+  return _finish(config, workdir, plan, checkpointer, training, state, totals,
+                 start_step=start_step, earlier_seconds=train_seconds,
+                 all_seconds=progress.train_seconds)
+
+
+def _finish(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Training, state,
+            totals: dict, *, start_step: int, earlier_seconds: float | None,
+            all_seconds: float) -> dict:
+  """Writes the results of the final evaluation, with the inference speed and the training
+  time of this session and (where every checkpoint kept it) of the whole run."""
+  final_step = max(plan.total_steps, start_step)
   record = {**results.evaluation_record(config, final_step, totals, devices.description()),
             "infer_images_per_s": evaluation.measure_inference_speed(
                 training.evaluation.net, steps_lib.evaluated_variables(state), config)}
+  session_images = (plan.total_steps - start_step) * plan.global_batch
+  session_seconds = all_seconds - (earlier_seconds or 0.0)
   if session_images > 0:
     record.update(session_train_wall_s=session_seconds,
                   session_train_images_per_s=session_images / session_seconds)
-  if train_seconds is not None and progress.train_seconds > 0:
-    record.update(train_wall_s=progress.train_seconds,
-                  train_images_per_s=final_step * plan.global_batch / progress.train_seconds)
+  if earlier_seconds is not None and all_seconds > 0:
+    record.update(train_wall_s=all_seconds,
+                  train_images_per_s=final_step * plan.global_batch / all_seconds)
   checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
   path = os.path.join(workdir, results.FILENAME)
   if jax.process_index() == 0:

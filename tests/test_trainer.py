@@ -77,3 +77,39 @@ def test_logging_is_due_every_log_every_steps_and_at_the_last():
   plan = types.SimpleNamespace(total_steps=7, log_every=3, global_batch=4)
   progress = trainer.Progress(plan, None, None, None, 0.0)
   assert [step for step in range(1, 8) if progress.due(step)] == [3, 6, 7]
+
+
+class FakeProfiler:
+  def __init__(self, monkeypatch):
+    self.events = []
+    monkeypatch.setattr(trainer.jax.profiler, "start_trace", lambda d: self.events.append(("start", d)))
+    monkeypatch.setattr(trainer.jax.profiler, "stop_trace", lambda: self.events.append(("stop",)))
+    monkeypatch.setattr(trainer.metrics, "console", lambda message: None)
+
+
+def test_profile_window_traces_the_steps_after_the_compiling_one(monkeypatch):
+  profiler = FakeProfiler(monkeypatch)
+  with trainer.ProfileWindow("/run", steps=2, start_step=4) as window:
+    for done in range(5, 10):
+      window.after_step(done, jnp.zeros(()))
+      if done == 5:
+        assert profiler.events == [("start", "/run/profile")]
+      if done == 6:
+        assert profiler.events == [("start", "/run/profile")]
+  assert profiler.events == [("start", "/run/profile"), ("stop",)]
+
+
+def test_profile_window_is_closed_by_a_run_that_ends_inside_it(monkeypatch):
+  profiler = FakeProfiler(monkeypatch)
+  with trainer.ProfileWindow("/run", steps=100, start_step=0) as window:
+    for done in range(1, 4):
+      window.after_step(done, jnp.zeros(()))
+  assert profiler.events == [("start", "/run/profile"), ("stop",)]
+
+
+def test_no_profile_is_traced_by_default(monkeypatch):
+  profiler = FakeProfiler(monkeypatch)
+  with trainer.ProfileWindow("/run", steps=0, start_step=0) as window:
+    for done in range(1, 4):
+      window.after_step(done, jnp.zeros(()))
+  assert profiler.events == []
