@@ -1,7 +1,7 @@
 """Accuracy against mult-adds of finished runs, as the paper's Tables 4-7 and Figure 4 show it.
 
     python -m mobilenet.report PATH [PATH ...] --out DIR [--title TEXT] [--paper]
-                               [--base-resolution 224]
+                               [--paper-panel | --schedule] [--base-resolution 224]
 
 Each PATH is a workdir holding eval_results.json, or that file itself. Writes
 DIR/results.md (one table per dataset, one row per model, then every run),
@@ -11,6 +11,14 @@ DIR/accuracy_vs_mult_adds.png. Where runs carry the LiteRT figures that
 the tables gain fp32 and int8 latency and int8 top-1 columns, and
 DIR/accuracy_vs_latency.png plots top-1 against the measured fp32 latency: where
 the mult-adds proxy and the measurement disagree.
+
+`--paper-panel` makes DIR/accuracy_vs_mult_adds.png two panels, as the paper's
+Figures 4 and 5 show the trade-off: one point per model (the mean of its runs)
+and, beside it, the paper's ImageNet points for the same models. `--schedule`
+reads the runs as a study of training length and writes DIR/schedule.md,
+DIR/schedule.json and DIR/schedule.png instead: top-1 against the number of
+epochs each run was trained for (its config.json's train.num_epochs), and each
+run's top-1 after every evaluation during training, from its metrics.jsonl.
 
 A workdir without eval_results.json yet (a run still training) is skipped with
 one warning line; the report fails only when no finished run remains.
@@ -44,6 +52,11 @@ MARKDOWN_FILENAME = "results.md"
 JSON_FILENAME = "results.json"
 PLOT_FILENAME = "accuracy_vs_mult_adds.png"
 LATENCY_PLOT_FILENAME = "accuracy_vs_latency.png"
+SCHEDULE_MARKDOWN_FILENAME = "schedule.md"
+SCHEDULE_JSON_FILENAME = "schedule.json"
+SCHEDULE_PLOT_FILENAME = "schedule.png"
+METRICS_FILENAME = "metrics.jsonl"  # train.py's log beside the results: {"kind": "eval", ...}
+EPOCHS_FIELD = "train.num_epochs"
 
 VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}
 # Display names by prefix, longest first: the trainer writes a folder's name
@@ -416,6 +429,10 @@ def format_ms(value: Optional[float]) -> str:
   return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
+def format_duration_or_dash(seconds: Optional[float]) -> str:
+  return "—" if seconds is None else format_duration(seconds)
+
+
 def format_percent(value: Optional[float], spread: Optional[float] = None) -> str:
   if value is None:
     return "—"
@@ -485,7 +502,7 @@ def runs_table(rows: Sequence[ModelRow]) -> list[str]:
               format_images_per_s(run.infer_images_per_s),
               "—" if run.train_images_per_s is None
               else format_images_per_s(run.train_images_per_s),
-              "—" if run.train_wall_s is None else format_duration(run.train_wall_s)]
+              format_duration_or_dash(run.train_wall_s)]
       if with_latency:
         line += [format_ms(run.litert_fp32_ms), format_ms(run.litert_int8_ms),
                  format_percent(run.litert_int8_top1)]
@@ -570,13 +587,16 @@ def row_to_json(row: ModelRow, with_latency: bool) -> dict:
   return document
 
 
+SPREAD_NOTE = ("top1_half_range = (max - min) / 2 over a model's runs, as a fraction; null for "
+               "a single run")
+
+
 def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int) -> str:
   with_latency = has_latency(rows)
   document = {
       "title": title,
       "base_resolution": base_resolution,
-      "spread": "top1_half_range = (max - min) / 2 over a model's runs, as a fraction; "
-                "null for a single run",
+      "spread": SPREAD_NOTE,
       "models": [row_to_json(row, with_latency) for row in rows],
       "runs": [run_to_json(run, with_latency) for row in rows for run in row.runs],
   }
@@ -654,53 +674,298 @@ def place_labels(axes, renderer, labels: Sequence[tuple[str, float, float]]) -> 
     placed.append(chosen.get_window_extent(renderer))
 
 
+VARIANT_MARKERS = {"dws": "o", "conv": "s", "shallow": "^"}
+SWEEP_LINE_STYLES = {"width": "-", "resolution": "--"}
+PAPER_COLOR = "C3"
+
+
+def new_figure(width: float, panels: int = 1):
+  """A figure of `panels` axes side by side and its Agg canvas: no pyplot state, no display
+  needed."""
+  # pylint: disable=import-outside-toplevel  (matplotlib loads only where a plot is drawn)
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  figure = Figure(figsize=(width, 6), dpi=120)
+  return figure, FigureCanvasAgg(figure), figure.subplots(1, panels)
+
+
+def dataset_colors(rows: Sequence[ModelRow]) -> dict:
+  datasets = sorted({row.dataset for row in rows})
+  return {dataset: f"C{index}" for index, dataset in enumerate(datasets)}
+
+
+def draw_sweeps(axes, rows: Sequence[ModelRow],
+                point_of: Callable[[ModelRow], tuple[float, float]],
+                color_of: Callable[[ModelRow], str]) -> set:
+  """The lines of sweep_families between the rows' (x, y) points, each kind once in the
+  legend; returns the legend entries drawn."""
+  labelled = set()
+  for kind, members in sweep_families(rows):
+    axes.plot(*zip(*sorted(map(point_of, members))), SWEEP_LINE_STYLES[kind],
+              color=color_of(members[0]), alpha=0.6,
+              label=None if kind in labelled else f"{kind} sweep")
+    labelled.add(kind)
+  return labelled
+
+
+def finish_axes(axes, x_label: str, title: str) -> None:
+  """Log-scale x, top-1 along y, a grid, the legend, and room for the outermost labels."""
+  axes.set_xscale("log")
+  axes.set_xlabel(x_label)
+  axes.set_ylabel("Top-1 accuracy (%)")
+  axes.set_title(title)
+  axes.grid(True, which="both", alpha=0.3)
+  if axes.get_legend_handles_labels()[0]:
+    axes.legend(loc="lower right", fontsize=8)
+  axes.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+
+
 def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path,
          x_axis: PlotAxis = MULT_ADDS_AXIS) -> None:
   """Figure 4 of the paper for these runs: a marker per run, lines along each sweep; x is
   mult-adds as in the paper, or another measure of cost (rows without it are left out)."""
-  # Figure and its Agg canvas directly: no pyplot state, no display needed.
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
   rows = [row for row in rows if x_axis.of_row(row) is not None]
-  figure = Figure(figsize=(8, 6), dpi=120)
-  canvas = FigureCanvasAgg(figure)
-  axes = figure.add_subplot()
-  datasets = sorted({row.dataset for row in rows})
-  colors = {dataset: f"C{index}" for index, dataset in enumerate(datasets)}
-  markers = {"dws": "o", "conv": "s", "shallow": "^"}
-  line_styles = {"width": "-", "resolution": "--"}
-
-  labelled = set()
-  for kind, members in sweep_families(rows):
-    label = f"{kind} sweep" if kind not in labelled else None
-    labelled.add(kind)
-    members = sorted(members, key=x_axis.of_row)
-    axes.plot([x_axis.of_row(row) for row in members],
-              [100 * row.top1_mean for row in members],
-              line_styles[kind], color=colors[members[0].dataset], alpha=0.6, label=label)
+  figure, canvas, axes = new_figure(8)
+  colors = dataset_colors(rows)
+  labelled = draw_sweeps(axes, rows, lambda row: (x_axis.of_row(row), 100 * row.top1_mean),
+                         lambda row: colors[row.dataset])
   for row in rows:
     label = VARIANT_LABELS[row.variant] if row.variant not in labelled else None
     labelled.add(row.variant)
     runs = [run for run in row.runs if x_axis.of_run(run) is not None]
     axes.scatter([x_axis.of_run(run) for run in runs], [100 * run.top1 for run in runs],
-                 marker=markers[row.variant], color=colors[row.dataset], alpha=0.8, label=label,
-                 zorder=3)
-
-  axes.set_xscale("log")
-  axes.set_xlabel(x_axis.label)
-  axes.set_ylabel("Top-1 accuracy (%)")
-  axes.set_title(title)
-  axes.grid(True, which="both", alpha=0.3)
-  axes.legend(loc="lower right", fontsize=8)
-  axes.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+                 marker=VARIANT_MARKERS[row.variant], color=colors[row.dataset], alpha=0.8,
+                 label=label, zorder=3)
+  finish_axes(axes, x_axis.label, title)
   figure.tight_layout()
   # Labels last, once the axes are laid out, so that their measured boxes are final.
   place_labels(axes, canvas.get_renderer(), [
-      (row.name if len(datasets) == 1 else f"{row.name} ({dataset_label(row.dataset)})",
+      (row.name if len(colors) == 1 else f"{row.name} ({dataset_label(row.dataset)})",
        x_axis.of_row(row), 100 * row.top1_mean)
       for row in sorted(rows, key=lambda row: -row.top1_mean)])
   figure.savefig(path, format="png")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanePoint:
+  """A model on an accuracy-versus-mult-adds panel; spread: half the range of its runs."""
+  label: str
+  million_mult_adds: float
+  top1_percent: float
+  spread: Optional[float] = None
+
+
+def measured_point(row: ModelRow) -> PlanePoint:
+  return PlanePoint(row.name, row.mult_adds / 1e6, 100 * row.top1_mean,
+                    None if row.top1_spread is None else 100 * row.top1_spread)
+
+
+def paper_point(row: ModelRow) -> Optional[PlanePoint]:
+  """The paper's ImageNet figures for the row's model; None where the paper has no such row."""
+  if row.paper is None:
+    return None
+  return PlanePoint(row.paper.name, row.paper.million_mult_adds, row.paper.top1_percent)
+
+
+def draw_models(axes, rows: Sequence[ModelRow], point_of: Callable[[ModelRow], PlanePoint],
+                color_of: Callable[[ModelRow], str]) -> list[tuple[str, float, float]]:
+  """A marker per model (its bar: the spread of its runs) and the sweep lines between them;
+  returns the labels, to be placed once the figure is laid out."""
+  labelled = draw_sweeps(axes, rows, lambda row: (point_of(row).million_mult_adds,
+                                                  point_of(row).top1_percent), color_of)
+  labels = []
+  for row in rows:
+    point = point_of(row)
+    axes.errorbar(point.million_mult_adds, point.top1_percent, yerr=point.spread,
+                  fmt=VARIANT_MARKERS[row.variant], color=color_of(row), capsize=3, zorder=3,
+                  label=None if row.variant in labelled else VARIANT_LABELS[row.variant])
+    labelled.add(row.variant)
+    labels.append((point.label, point.million_mult_adds, point.top1_percent))
+  return sorted(labels, key=lambda label: -label[2])
+
+
+def plot_beside_paper(rows: Sequence[ModelRow], title: str, path: pathlib.Path) -> None:
+  """The paper's Figures 4 and 5 for these models: ours, one point per model (the mean of its
+  runs), beside the paper's ImageNet points for the same models, so that the two trade-offs
+  compare at a glance (each panel on its own scales: the numbers do not compare)."""
+  figure, canvas, (ours, theirs) = new_figure(15, panels=2)
+  colors = dataset_colors(rows)
+  in_paper = list({row.paper.name: row for row in rows if row.paper is not None}.values())
+  labels = [(ours, draw_models(ours, rows, measured_point, lambda row: colors[row.dataset])),
+            (theirs, draw_models(theirs, in_paper, paper_point, lambda row: PAPER_COLOR))]
+  datasets = ", ".join(dataset_label(dataset) for dataset in colors)
+  finish_axes(ours, MULT_ADDS_AXIS.label, f"This reproduction: {datasets}, mean of the seeds")
+  finish_axes(theirs, MULT_ADDS_AXIS.label, "The paper: ImageNet, 224 px and below "
+              "(Howard et al., 2017)")
+  figure.suptitle(title)
+  figure.tight_layout()
+  for axes, texts in labels:
+    place_labels(axes, canvas.get_renderer(), texts)
+  figure.savefig(path, format="png")
+
+
+# ---------------------------------------------------------------- schedule study
+
+@dataclasses.dataclass(frozen=True)
+class SchedulePoint:
+  """A model trained for one number of epochs, its runs (seeds) merged; `model` names the
+  line of the study that it is a point of."""
+  model: str
+  epochs: float
+  row: ModelRow
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalCurve:
+  """A run's top-1 after each evaluation during training, against the epochs trained by then."""
+  model: str
+  run: Run
+  epochs: tuple[float, ...]
+  top1: tuple[float, ...]
+
+
+def run_epochs(run: Run) -> float:
+  """The number of epochs the run was trained for, from the config.json beside its results."""
+  epochs = run.settings.get(EPOCHS_FIELD)
+  if epochs is None:
+    raise ReportError(f"{run.source}: no {EPOCHS_FIELD} in a {CONFIG_FILENAME} beside it, so "
+                      "how long it trained is unknown")
+  return float(epochs)
+
+
+def schedule_points(rows: Sequence[ModelRow], base_resolution: int) -> list[SchedulePoint]:
+  """A point per row, its model named as the paper does, with any setting but the length of
+  training that tells it from another row: each model is one line of the study."""
+  points = []
+  for row in rows:
+    epochs = [run_epochs(run) for run in row.runs]  # one protocol: one number of epochs
+    others = {field: value for field, value in row.protocol.items()
+              if field not in (EPOCHS_FIELD, "step")}
+    model = (model_name(row.variant, row.alpha, row.resolution, base_resolution)
+             + protocol_label(others))
+    points.append(SchedulePoint(model, epochs[0], row))
+  return sorted(points, key=lambda point: (point.model, point.epochs))
+
+
+def eval_records(path: pathlib.Path) -> dict[int, dict]:
+  """The evaluations in a metrics.jsonl by step, the last of each (a resumed run may evaluate
+  a step again); none where the run kept no metrics."""
+  by_step = {}
+  lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      raise ReportError(f"{path}: line {number} is not valid JSON") from None
+    if isinstance(record, dict) and record.get("kind") == "eval":
+      by_step[int(record["step"])] = record
+  return by_step
+
+
+def eval_curve(point: SchedulePoint, run: Run) -> EvalCurve:
+  """The run's evaluations, each at the epoch it records, else at its step over the steps of
+  one epoch (the run's final step over its number of epochs)."""
+  by_step = eval_records(pathlib.Path(run.source).parent / METRICS_FILENAME)
+  steps = sorted(by_step)
+  return EvalCurve(point.model, run,
+                   tuple(float(by_step[step].get("epoch", step * point.epochs / run.step))
+                         for step in steps),
+                   tuple(float(by_step[step]["top1"]) for step in steps))
+
+
+def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str:
+  header = ["Model", "Epochs", "Seeds", "Top-1", "Million Mult-Adds", "Train time"]
+  cells = [[point.model, f"{point.epochs:g}",
+            ", ".join("—" if run.seed is None else str(run.seed) for run in point.row.runs),
+            format_accuracy(point.row), f"{point.row.mult_adds / 1e6:.0f}",
+            format_duration_or_dash(mean_if_any(measured(point.row.runs, "train_wall_s")))]
+           for point in points]
+  runs = [run for point in points for run in point.row.runs]
+  datasets = ", ".join(sorted({dataset_label(run.dataset) for run in runs}))
+  devices = "; ".join(sorted({run.device for run in runs}))
+  lines = [f"# {title}", "", *markdown_table(header, cells, text_columns=("Model", "Seeds")), "",
+           f"Top-1 on the evaluation split ({datasets}) at the end of training; where a model "
+           "has several seeds, their mean ± half the range, (max − min) / 2, in percentage "
+           "points. Train time: the training steps of one run, evaluation excluded, mean over "
+           f"the seeds; on {devices}.", "",
+           f"{SCHEDULE_PLOT_FILENAME}: top-1 against the number of epochs (a line per model, a "
+           "dot per seed), and each run's top-1 after every evaluation during training, from "
+           f"its {METRICS_FILENAME}: how far from convergence each schedule ends."]
+  return "\n".join(lines) + "\n"
+
+
+def format_schedule_json(points: Sequence[SchedulePoint], curves: Sequence[EvalCurve],
+                         title: str, base_resolution: int) -> str:
+  with_latency = has_latency([point.row for point in points])
+  document = {
+      "title": title,
+      "base_resolution": base_resolution,
+      "spread": SPREAD_NOTE,
+      "points": [{"model": point.model, "epochs": point.epochs,
+                  "train_wall_s_mean": mean_if_any(measured(point.row.runs, "train_wall_s")),
+                  **row_to_json(point.row, with_latency)} for point in points],
+      "curves": [{"model": curve.model, "source": curve.run.source,
+                  "run_name": curve.run.run_name, "seed": curve.run.seed,
+                  "epochs": curve.epochs, "top1": curve.top1} for curve in curves],
+  }
+  return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def epoch_axis(axes, epochs: Iterable[float]) -> None:
+  """Ticks at these numbers of epochs, written as numbers, on the log scale."""
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+  axes.set_xticks(sorted(set(epochs)))
+  axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def plot_schedule(points: Sequence[SchedulePoint], curves: Sequence[EvalCurve], title: str,
+                  path: pathlib.Path) -> None:
+  """Top-1 against the number of epochs, a line per model through the means and a dot per
+  seed; beside it every run's top-1 during training: whether a gap between models closes with
+  training, and how far from convergence each schedule ends."""
+  figure, _, (final, during) = new_figure(15, panels=2)
+  models = list(dict.fromkeys(point.model for point in points))
+  colors = {model: f"C{index}" for index, model in enumerate(models)}
+  for model in models:
+    members = [point for point in points if point.model == model]
+    final.plot([point.epochs for point in members],
+               [100 * point.row.top1_mean for point in members], "-",
+               marker=VARIANT_MARKERS[members[0].row.variant], color=colors[model], label=model)
+    final.scatter([point.epochs for point in members for _ in point.row.runs],
+                  [100 * run.top1 for point in members for run in point.row.runs],
+                  s=12, color=colors[model], alpha=0.5, zorder=3)
+  labelled = set()
+  for curve in curves:
+    during.plot(curve.epochs, [100 * top1 for top1 in curve.top1], color=colors[curve.model],
+                alpha=0.6, linewidth=1, label=None if curve.model in labelled else curve.model)
+    labelled.add(curve.model)
+  finish_axes(final, "Epochs of training (log scale)",
+              "At the end of training: mean of the seeds (line), each seed (dots)")
+  finish_axes(during, "Epoch (log scale)", "During training: every run, after each evaluation")
+  epochs = [point.epochs for point in points]
+  epoch_axis(final, epochs)
+  epoch_axis(during, [1, *epochs])
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, format="png")
+
+
+def write_schedule(rows: Sequence[ModelRow], out: pathlib.Path, title: str,
+                   base_resolution: int) -> list[pathlib.Path]:
+  """The study's table, its JSON and its plot; returns the files written."""
+  points = schedule_points(rows, base_resolution)
+  curves = [eval_curve(point, run) for point in points for run in point.row.runs]
+  out.mkdir(parents=True, exist_ok=True)
+  markdown, document, figure = (out / SCHEDULE_MARKDOWN_FILENAME, out / SCHEDULE_JSON_FILENAME,
+                                out / SCHEDULE_PLOT_FILENAME)
+  markdown.write_text(format_schedule_markdown(points, title), encoding="utf-8")
+  document.write_text(format_schedule_json(points, curves, title, base_resolution),
+                      encoding="utf-8")
+  plot_schedule(points, curves, title, figure)
+  return [markdown, document, figure]
 
 
 # ---------------------------------------------------------------- command line
@@ -718,17 +983,21 @@ def latency_title(rows: Sequence[ModelRow], title: str) -> str:
 
 
 def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_paper: bool,
-                 base_resolution: int) -> None:
+                 base_resolution: int, paper_panel: bool = False) -> list[pathlib.Path]:
+  """The tables, their JSON and the plots; returns the files written."""
   out.mkdir(parents=True, exist_ok=True)
   (out / MARKDOWN_FILENAME).write_text(
       format_markdown(rows, title, with_paper, base_resolution), encoding="utf-8")
   (out / JSON_FILENAME).write_text(format_json(rows, title, base_resolution), encoding="utf-8")
-  plot(rows, title, out / PLOT_FILENAME)
+  (plot_beside_paper if paper_panel else plot)(rows, title, out / PLOT_FILENAME)
+  written = [out / MARKDOWN_FILENAME, out / JSON_FILENAME, out / PLOT_FILENAME]
   latency_plot = out / LATENCY_PLOT_FILENAME
   if has_latency(rows):
     plot(rows, latency_title(rows, title), latency_plot, x_axis=LATENCY_AXIS)
+    written.append(latency_plot)
   else:  # an earlier report's plot of other runs would pass for these runs'
     latency_plot.unlink(missing_ok=True)
+  return written
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -743,6 +1012,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("--paper", action="store_true",
                       help="add the paper's ImageNet top-1 / mult-adds / params for matching "
                       "models")
+  layout = parser.add_mutually_exclusive_group()
+  layout.add_argument("--paper-panel", action="store_true",
+                      help=f"plot one point per model (the mean of its runs) in {PLOT_FILENAME}, "
+                      "beside a panel of the paper's ImageNet points for the same models; "
+                      "implies --paper")
+  layout.add_argument("--schedule", action="store_true",
+                      help="the runs are one model or more trained for several numbers of "
+                      f"epochs: write {SCHEDULE_MARKDOWN_FILENAME}, {SCHEDULE_JSON_FILENAME} and "
+                      f"{SCHEDULE_PLOT_FILENAME} (top-1 against epochs, and each run's top-1 "
+                      f"during training from its {METRICS_FILENAME}) instead of the tables")
   parser.add_argument("--base-resolution", type=int, default=PAPER_BASE_RESOLUTION,
                       help="the resolution that stands for the paper's 224 (this project: 128)")
   args = parser.parse_args(argv)
@@ -759,18 +1038,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"warning: {path}: no {RESULTS_FILENAME} yet (run not finished?); skipped",
             file=sys.stderr)
     rows = aggregate(runs, args.base_resolution)
-    title = args.title or default_title(rows)
-    write_report(rows, args.out, title, args.paper, args.base_resolution)
+    if args.schedule:
+      written = write_schedule(rows, args.out, args.title or default_title(rows, "epochs"),
+                               args.base_resolution)
+    else:
+      written = write_report(rows, args.out, args.title or default_title(rows),
+                             args.paper or args.paper_panel, args.base_resolution,
+                             args.paper_panel)
   except ReportError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
   except OSError as error:  # e.g. --out not writable
     print(f"error: {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
     return 1
-  plots = [PLOT_FILENAME] + ([LATENCY_PLOT_FILENAME] if has_latency(rows) else [])
   print(f"wrote {len(rows)} models from {sum(len(row.runs) for row in rows)} runs to "
-        f"{args.out / MARKDOWN_FILENAME}, {args.out / JSON_FILENAME}, "
-        + ", ".join(str(args.out / name) for name in plots))
+        + ", ".join(map(str, written)))
   return 0
 
 

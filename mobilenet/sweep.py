@@ -1,15 +1,27 @@
-"""The paper's Tables 4 to 7 on Imagenette: train what is missing, then rebuild the table.
+"""The paper's Tables 4-7 and a schedule-length study on Imagenette: train what is missing, report.
 
-    python -m mobilenet.sweep table4 [--dry-run] [--report-only] [-- --config.train.num_epochs=3]
+    python -m mobilenet.sweep table4 [--runs DIR] [--dry-run] [--report-only]
+                                     [-- --config.train.num_epochs=3]
+    python -m mobilenet.sweep schedule --epochs 5,10,20 [--variants dws,shallow,conv] [--seeds 0]
+    python -m mobilenet.sweep combined
 
 Each row is an ordinary `train.py` run with `configs/<variant>.py` (the shared protocol lives in
-configs/base.py), its workdir under `runs/` (checkpoints: not committed). A killed sweep resumes
-from those checkpoints when run again. Each trained row is then exported to LiteRT
-(`python -m mobilenet.export --workdir=<workdir> --int8`), which merges measured fp32 and int8
-latency and int8 top-1 into its eval_results.json; a failed export stops the sweep, so that no
-row silently lacks those columns. Finished rows copy `eval_results.json`, `config.json` and
-`metrics.jsonl` to `results/runs/<name>/` (the .tflite files are not kept); the table goes to
-`results/<table>/`.
+configs/base.py), its workdir under `--runs` (default `runs/` in the project; checkpoints: not
+committed). A killed sweep resumes from those checkpoints when run again. Each trained row is then
+exported to LiteRT (`python -m mobilenet.export --workdir=<workdir> --int8`), which merges
+measured fp32 and int8 latency and int8 top-1 into its eval_results.json; a failed export stops
+the sweep, so that no row silently lacks those columns. Finished rows copy `eval_results.json`,
+`config.json` and `metrics.jsonl` to `results/runs/<name>/` (the .tflite files are not kept); the
+table goes to `results/<table>/`.
+
+`schedule` trains MobileNet-1.0, Shallow MobileNet and Conv MobileNet at 128 px for each epoch
+count of `--epochs` (the same recipe scaled in time: configs/base.py sets its schedule in epochs),
+rows named `dws_a1_r128_e20_s0`; a row trained for the config's own epoch count is the table row
+of the plain name (`dws_a1_r128_s0`), so that a finished table run serves as that point. Its
+report, `results/schedule/`, shows every finished run of the study in `results/runs/`, those of
+earlier commands too (the study is run in parts: longer schedules for the cheaper models only).
+`combined` trains nothing: it plots every finished row of Tables 4-7, one point per model, beside
+the paper's ImageNet points for the same models, in `results/combined/`.
 
 A row whose result (or unfinished run) was made with settings that change what it measures,
 say after an edit of configs/base.py, stops the sweep with the first differing field, so that
@@ -20,12 +32,16 @@ MOBILENET_ALLOCATOR=system for glibc's).
 """
 import argparse
 import dataclasses
+import importlib
 import json
+import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
+from typing import Callable, Iterable, Optional, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -37,10 +53,21 @@ RESULTS = PROJECT_ROOT / "results"
 RUNS = PROJECT_ROOT / "runs"
 BASE_RESOLUTION = 128  # the paper's 224 px, scaled to what this CPU can afford
 KEPT_FILES = ("eval_results.json", "config.json", "metrics.jsonl")
+SCHEDULE, COMBINED = "schedule", "combined"
+# The schedule study's models: MobileNet-1.0, Shallow MobileNet and Conv MobileNet at 128 px,
+# the three whose Table 4 and 5 comparisons may turn with the length of training.
+STUDY_VARIANTS = ("dws", "shallow", "conv")
+STUDY_NAME = re.compile(rf"(?P<variant>{'|'.join(STUDY_VARIANTS)})_a1_r{BASE_RESOLUTION}"
+                        r"(?:_e(?P<epochs>[0-9]+(?:\.[0-9]+)?))?_s(?P<seed>[0-9]+)")
+EPOCHS_FLAG = "--config.train.num_epochs"
 
 
 class ExportError(Exception):
   """An export that exited 0 but left its figures out of eval_results.json."""
+
+
+class UsageError(Exception):
+  """A bad command line, reported as one line naming the flag."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +76,18 @@ class Row:
   alpha: float = 1.0
   resolution: int = BASE_RESOLUTION
   seed: int = 0
+  epochs: Optional[float] = None  # None: the config's own epoch count
 
   @property
   def name(self) -> str:
-    return f"{self.variant}_a{self.alpha:g}_r{self.resolution}_s{self.seed}"
+    length = "" if self.epochs is None else f"_e{self.epochs:g}"
+    return f"{self.variant}_a{self.alpha:g}_r{self.resolution}{length}_s{self.seed}"
 
   @property
   def config(self) -> str:
+    length = "" if self.epochs is None else f",epochs={self.epochs:g}"
     return (f"configs/{self.variant}.py:alpha={self.alpha},resolution={self.resolution},"
-            f"seed={self.seed}")
+            f"seed={self.seed}{length}")
 
 
 TABLES = {
@@ -70,9 +100,10 @@ TABLES = {
     "table6": (Row("dws", 1.0), Row("dws", 0.75), Row("dws", 0.5), Row("dws", 0.25),
                Row("dws", 1.0, seed=1), Row("dws", 0.75, seed=1), Row("dws", 0.5, seed=1),
                Row("dws", 0.25, seed=1)),
-    # Table 7: the resolution multiplier (224/192/160/128 px scaled to 128/112/96/80).
+    # Table 7: the resolution multiplier (224/192/160/128 px scaled to 128/112/96/80), two seeds.
     "table7": (Row("dws", 1.0, 128), Row("dws", 1.0, 112), Row("dws", 1.0, 96),
-               Row("dws", 1.0, 80)),
+               Row("dws", 1.0, 80), Row("dws", 1.0, 128, seed=1), Row("dws", 1.0, 112, seed=1),
+               Row("dws", 1.0, 96, seed=1), Row("dws", 1.0, 80, seed=1)),
 }
 
 
@@ -99,13 +130,13 @@ def config_differences(stored: dict, requested: dict) -> list[str]:
           for field in report.differing_fields(old, new)]
 
 
-def stale_reason(row: Row, requested: dict) -> str | None:
-  """Why this row's result, or else its unfinished run, was made with settings other than
-  `requested`; None if it was not."""
+def stale_reason(row: Row, runs: pathlib.Path, requested: dict) -> str | None:
+  """Why this row's result, or else its unfinished run in `runs`, was made with settings other
+  than `requested`; None if it was not."""
   if finished(row):
     folder, verb, remedy = RESULTS / "runs" / row.name, "was trained", "move that folder away"
   else:
-    folder, verb, remedy = RUNS / row.name, "holds a run started", "delete it"
+    folder, verb, remedy = runs / row.name, "holds a run started", "delete it"
   if not (folder / "config.json").is_file():
     return None
   try:
@@ -118,6 +149,11 @@ def stale_reason(row: Row, requested: dict) -> str | None:
   more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
   shown = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
   return f"{shown} {verb} with {differences[0]}{more}; {remedy} to train the row afresh"
+
+
+def stale_reasons(rows: Iterable[Row], runs: pathlib.Path, extra_flags: list[str]) -> dict:
+  """{row: its stale_reason} under the protocol that these flags ask for."""
+  return {row: stale_reason(row, runs, requested_config(row.config, extra_flags)) for row in rows}
 
 
 def report_stale(reasons: list[str], *, dry_run: bool) -> int:
@@ -136,84 +172,211 @@ def run_command(command: list[str]) -> None:
   subprocess.run(command, cwd=PROJECT_ROOT, check=True, env=dict(os.environ))
 
 
-def export_command(row: Row) -> list[str]:
-  return [sys.executable, "-m", "mobilenet.export", f"--workdir={RUNS / row.name}", "--int8"]
+def export_command(row: Row, runs: pathlib.Path) -> list[str]:
+  return [sys.executable, "-m", "mobilenet.export", f"--workdir={runs / row.name}", "--int8"]
 
 
-def export(row: Row) -> None:
+def export(row: Row, runs: pathlib.Path) -> None:
   """Exports the row's finished run; its figures must then be in its eval_results.json."""
-  command = export_command(row)
+  command = export_command(row, runs)
   run_command(command)
-  results = RUNS / row.name / "eval_results.json"
+  results = runs / row.name / "eval_results.json"
   missing = [key for key in report.LATENCY_KEYS if key not in json.loads(results.read_text())]
   if missing:
     raise ExportError(f"`{' '.join(command)}` exited 0 but {results} lacks {', '.join(missing)}")
 
 
-def train(row: Row, extra_flags: list[str]) -> None:
-  """Trains the row, exports it, and keeps its results."""
+def train(row: Row, runs: pathlib.Path, extra_flags: list[str]) -> None:
+  """Trains the row in `runs`, exports it, and keeps its results."""
   run_command([sys.executable, "train.py", f"--config={row.config}",
-               f"--workdir={RUNS / row.name}", *extra_flags])
-  export(row)
+               f"--workdir={runs / row.name}", *extra_flags])
+  export(row, runs)
   destination = RESULTS / "runs" / row.name
   destination.mkdir(parents=True, exist_ok=True)
   for file_name in KEPT_FILES:
-    shutil.copy2(RUNS / row.name / file_name, destination / file_name)
+    shutil.copy2(runs / row.name / file_name, destination / file_name)
 
 
-def rebuild_table(table: str) -> int:
-  done = [RESULTS / "runs" / row.name for row in TABLES[table] if finished(row)]
+def train_missing(rows: tuple[Row, ...], runs: pathlib.Path, extra_flags: list[str]) -> int:
+  """Trains every row without a result, in order; stops at the first failure (exit 1)."""
+  for row in rows:
+    if finished(row):
+      continue
+    try:
+      train(row, runs, extra_flags)
+    except subprocess.CalledProcessError as error:
+      command = " ".join(map(str, error.cmd))
+      if error.cmd == export_command(row, runs):
+        print(f"error: {row.name} trained, but its export failed (exit {error.returncode}): "
+              f"`{command}`; rerun the sweep to export it again", file=sys.stderr)
+      else:
+        print(f"error: {row.name} failed (exit {error.returncode}): `{command}`; rerun to "
+              "resume it", file=sys.stderr)
+      return 1
+    except ExportError as error:
+      print(f"error: {row.name} trained, but its export is incomplete: {error}", file=sys.stderr)
+      return 1
+  return 0
+
+
+# ---------------------------------------------------------------- the schedule study
+
+def default_epochs(variant: str) -> float:
+  """The epoch count configs/<variant>.py trains for: the tables' rows are trained for it."""
+  return importlib.import_module(f"configs.{variant}").get_config().train.num_epochs
+
+
+def schedule_row(variant: str, epochs: float, seed: int) -> Row:
+  """A row of the study; at the config's own epoch count it is the table row of that name."""
+  return Row(variant, seed=seed, epochs=None if epochs == default_epochs(variant) else epochs)
+
+
+def positive_number(text: str) -> Optional[float]:
+  try:
+    value = float(text)
+  except ValueError:
+    return None
+  return value if math.isfinite(value) and value > 0 else None
+
+
+def parse_list(flag: str, text: str, parse: Callable[[str], object], expected: str) -> list:
+  """The comma-separated values of `flag`, each through `parse` (None: not valid), repeats
+  dropped; a UsageError naming the flag and the first value that is not valid."""
+  values = []
+  for item in map(str.strip, text.split(",")):
+    value = parse(item)
+    if value is None:
+      raise UsageError(f"{flag}: {item!r} is not {expected}")
+    if value not in values:
+      values.append(value)
+  return values
+
+
+def schedule_rows(args: argparse.Namespace) -> tuple[Row, ...]:
+  """The study's rows that this command asks for, shortest schedules first; none for a report
+  (or dry run) of the runs finished so far."""
+  if args.epochs is None:
+    if args.report_only or args.dry_run:
+      return ()
+    raise UsageError("--epochs: the schedule target needs the epoch counts to train, "
+                     "e.g. --epochs 5,10,20")
+  if any(flag.startswith(EPOCHS_FLAG) for flag in args.extra):
+    raise UsageError(f"{EPOCHS_FLAG}: the schedule target sets each row's epoch count; give "
+                     "the counts to --epochs")
+  epochs = parse_list("--epochs", args.epochs, positive_number, "a positive number of epochs")
+  variants = parse_list("--variants", args.variants or ",".join(STUDY_VARIANTS),
+                        lambda text: text if text in STUDY_VARIANTS else None,
+                        f"one of {', '.join(STUDY_VARIANTS)}")
+  seeds = parse_list("--seeds", args.seeds or "0",
+                     lambda text: int(text) if text.isdigit() else None, "a seed (0, 1, ...)")
+  return tuple(schedule_row(variant, count, seed)
+               for count in sorted(epochs) for variant in variants for seed in seeds)
+
+
+def study_rows_found(rows: tuple[Row, ...]) -> list[Row]:
+  """The finished rows of the study in results/runs/ that are not among `rows`: those of earlier
+  commands, which the study's report shows too."""
+  found = []
+  folder = RESULTS / "runs"
+  for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+    match = STUDY_NAME.fullmatch(path.name)
+    if match is None:
+      continue
+    variant = match["variant"]
+    epochs = float(match["epochs"]) if match["epochs"] else default_epochs(variant)
+    row = schedule_row(variant, epochs, int(match["seed"]))
+    if row.name == path.name and row not in rows and finished(row):
+      found.append(row)
+  return found
+
+
+def target_rows(args: argparse.Namespace) -> tuple[Row, ...]:
+  """The rows the command's target trains (combined: every table's, trained by the tables)."""
+  if args.target == SCHEDULE:
+    return schedule_rows(args)
+  given = [flag for flag in ("epochs", "variants", "seeds") if getattr(args, flag) is not None]
+  if given:
+    raise UsageError(f"--{given[0]}: only the schedule target takes it")
+  if args.target == COMBINED:
+    return tuple(dict.fromkeys(row for rows in TABLES.values() for row in rows))
+  return TABLES[args.target]
+
+
+# ---------------------------------------------------------------- reports
+
+def rebuild_report(rows: Sequence[Row], out: pathlib.Path, title: str, *report_flags: str) -> int:
+  """report.main over the rows that have finished, into `out`."""
+  done = [RESULTS / "runs" / row.name for row in rows if finished(row)]
   if not done:
-    print(f"{table}: no finished rows yet", file=sys.stderr)
+    print(f"{out.name}: no finished rows yet", file=sys.stderr)
     return 0
-  title = f"Table {table.removeprefix('table')} of the paper, on Imagenette"
-  return report.main([*map(str, done), "--out", str(RESULTS / table), "--paper",
-                      "--base-resolution", str(BASE_RESOLUTION), "--title", title])
+  return report.main([*map(str, done), "--out", str(out), "--base-resolution",
+                      str(BASE_RESOLUTION), "--title", title, *report_flags])
 
 
-def main(argv=None) -> int:
+def rebuild(args: argparse.Namespace, rows: tuple[Row, ...], found: list[Row]) -> int:
+  if args.target == SCHEDULE:
+    return rebuild_report([*rows, *found], RESULTS / SCHEDULE,
+                          "Top-1 against training epochs, on Imagenette at 128 px", "--schedule")
+  if args.target == COMBINED:
+    return rebuild_report(rows, RESULTS / COMBINED,
+                          "Tables 4 to 7 of the paper, on Imagenette", "--paper-panel")
+  return rebuild_report(rows, RESULTS / args.target,
+                        f"Table {args.target.removeprefix('table')} of the paper, on Imagenette",
+                        "--paper")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m mobilenet.sweep", description=__doc__.split("\n")[0],
-      epilog="Flags after -- go to every train.py run of the table.")
-  parser.add_argument("table", choices=sorted(TABLES))
+      epilog="Flags after -- go to every train.py run of the target.")
+  parser.add_argument("target", choices=[*sorted(TABLES), SCHEDULE, COMBINED])
+  parser.add_argument("--runs", type=pathlib.Path, metavar="DIR",
+                      help="where the training workdirs live (default: runs/ in the project)")
+  parser.add_argument("--epochs", metavar="E,E,...", help="schedule: the epoch counts to train")
+  parser.add_argument("--variants", metavar="V,V,...",
+                      help=f"schedule: of {', '.join(STUDY_VARIANTS)} (default: all three)")
+  parser.add_argument("--seeds", metavar="S,S,...", help="schedule: the seeds (default: 0)")
   parser.add_argument("--dry-run", action="store_true", help="list the rows and what is missing")
-  parser.add_argument("--report-only", action="store_true", help="rebuild the table only")
-  argv = sys.argv[1:] if argv is None else list(argv)
+  parser.add_argument("--report-only", action="store_true", help="rebuild the report only")
   split = argv.index("--") if "--" in argv else len(argv)
   args = parser.parse_args(argv[:split])
   args.extra = argv[split + 1:]
-  rows = TABLES[args.table]
+  args.runs = (args.runs or RUNS).resolve()  # train.py runs in the project, not here
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else list(argv))
   try:
-    stale = {row: stale_reason(row, requested_config(row.config, args.extra)) for row in rows}
+    rows = target_rows(args)
+    stale = stale_reasons(rows, args.runs, args.extra)
+    found = stale_reasons(study_rows_found(rows) if args.target == SCHEDULE else (), args.runs,
+                          args.extra)
+  except UsageError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   except (flags.Error, KeyError, AttributeError, ValueError) as error:  # bad flags or config.json
     from mobilenet import cli  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
     print(f"error: {cli.flag_error_message(error, ['sweep', *args.extra])}", file=sys.stderr)
     return 2
+  width = max([24, *(len(row.name) for row in [*rows, *found])])
   for row in rows:
     status = "stale" if stale[row] else "done" if finished(row) else "missing"
-    print(f"{row.name:<24} {status}")
+    print(f"{row.name:<{width}} {status}")
+  for row, reason in found.items():  # finished by an earlier command: reported, never trained
+    print(f"{row.name:<{width}} {'stale, left out of the report' if reason else 'done'} (found)")
   reasons = [reason for reason in stale.values() if reason]
+  left_out = [reason for reason in found.values() if reason]
   if args.dry_run or reasons:
-    return report_stale(reasons, dry_run=args.dry_run)
-  if not args.report_only:
-    for row in rows:
-      if not finished(row):
-        try:
-          train(row, args.extra)
-        except subprocess.CalledProcessError as error:
-          command = " ".join(map(str, error.cmd))
-          if error.cmd == export_command(row):
-            print(f"error: {row.name} trained, but its export failed (exit {error.returncode}): "
-                  f"`{command}`; rerun the sweep to export it again", file=sys.stderr)
-          else:
-            print(f"error: {row.name} failed (exit {error.returncode}): `{command}`; rerun to "
-                  "resume it", file=sys.stderr)
-          return 1
-        except ExportError as error:
-          print(f"error: {row.name} trained, but its export is incomplete: {error}",
-                file=sys.stderr)
-          return 1
-  return rebuild_table(args.table)
+    return report_stale(reasons + left_out if args.dry_run else reasons, dry_run=args.dry_run)
+  for reason in left_out:
+    print(f"warning: left out of the report: {reason}", file=sys.stderr)
+  if not args.report_only and args.target != COMBINED:
+    failed = train_missing(rows, args.runs, args.extra)
+    if failed:
+      return failed
+  return rebuild(args, rows, [row for row, reason in found.items() if reason is None])
 
 
 if __name__ == "__main__":

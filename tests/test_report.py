@@ -469,3 +469,118 @@ def test_impossible_latency_figures_fail_with_one_line_naming_the_key(
   run = write_run(tmp_path / "run", **figures)
   error = run_failing([str(run), "--out", str(tmp_path / "out")], capsys)
   assert key in error and str(run / "eval_results.json") in error
+
+
+# ---------------------------------------------------------------- paper panel
+
+def test_paper_panel_plots_two_panels_and_brings_the_paper_column(sweep, tmp_path):
+  from matplotlib import image
+
+  out = tmp_path / "out"
+  assert report.main([str(path) for path in sorted(sweep.iterdir())]
+                     + ["--out", str(out), "--paper-panel", "--base-resolution", "128"]) == 0
+  assert "Paper: ImageNet Top-1 / Mult-Adds / Params" in (out / "results.md").read_text()
+  height, width, _ = image.imread(out / "accuracy_vs_mult_adds.png").shape
+  assert width >= 1600 and height >= 600
+
+
+def test_the_panels_points_are_a_models_mean_and_spread_and_the_papers_figures(tmp_path):
+  paths = [write_run(tmp_path / "s0", seed=0, top1=0.85), write_run(tmp_path / "s1", seed=1,
+                                                                    top1=0.86),
+           write_run(tmp_path / "tiny", resolution=48, mult_adds=26_000_000, top1=0.6)]
+  runs, _ = report.load_runs(paths)
+  rows = {row.name: row for row in report.aggregate(runs, 128)}
+  ours = report.measured_point(rows["1.0 MobileNet-128"])
+  assert (ours.label, ours.million_mult_adds) == ("1.0 MobileNet-128", 186.123456)
+  assert (ours.top1_percent, ours.spread) == (pytest.approx(85.5), pytest.approx(0.5))
+  assert report.paper_point(rows["1.0 MobileNet-128"]) == report.PlanePoint(
+      "1.0 MobileNet-224", 569, 70.6)
+  assert report.paper_point(rows["1.0 MobileNet-48"]) is None  # no such row in the paper
+
+
+# ---------------------------------------------------------------- schedule study
+
+def write_metrics(folder: pathlib.Path, *records: dict) -> None:
+  (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def write_study_run(folder: pathlib.Path, epochs: float, seed: int, top1: float,
+                    variant: str = "dws", **overrides) -> pathlib.Path:
+  """A finished run trained for `epochs` (100 steps each), evaluated after every epoch."""
+  run = write_run(folder, seed=seed, top1=top1, variant=variant, step=round(100 * epochs),
+                  train_wall_s=60.0 * epochs, **overrides)
+  write_config(run, seed=seed, train__num_epochs=epochs, model__variant=variant)
+  write_metrics(run, *[dict(step=100 * epoch, kind="eval", top1=top1 * epoch / epochs)
+                       for epoch in range(1, round(epochs) + 1)])
+  return run
+
+
+@pytest.fixture(scope="module")
+def schedule_report(tmp_path_factory) -> pathlib.Path:
+  """MobileNet at 5 and 20 epochs (two seeds each) and Conv MobileNet at 5 epochs."""
+  runs = tmp_path_factory.mktemp("study")
+  paths = [write_study_run(runs / "dws_e5_s0", 5.0, 0, 0.60),
+           write_study_run(runs / "dws_e5_s1", 5.0, 1, 0.62),
+           write_study_run(runs / "dws_e20_s0", 20.0, 0, 0.80),
+           write_study_run(runs / "dws_e20_s1", 20.0, 1, 0.81),
+           write_study_run(runs / "conv_e5_s0", 5.0, 0, 0.70, variant="conv",
+                           params=28_150_000, mult_adds=1_606_000_000)]
+  out = tmp_path_factory.mktemp("schedule_report")
+  assert report.main([str(path) for path in paths] + [
+      "--out", str(out), "--schedule", "--base-resolution", "128", "--title", "Study"]) == 0
+  return out
+
+
+def test_schedule_table_has_a_row_per_model_and_epoch_count_with_seeds_merged(schedule_report):
+  markdown = (schedule_report / "schedule.md").read_text()
+  assert markdown.startswith("# Study")
+  assert table_rows(markdown, "# Study") == [
+      ["1.0 MobileNet-128", "5", "0, 1", "61.0% ± 1.0 (2 seeds)", "186", "5m00s"],
+      ["1.0 MobileNet-128", "20", "0, 1", "80.5% ± 0.5 (2 seeds)", "186", "20m00s"],
+      ["Conv MobileNet", "5", "0", "70.0%", "1606", "5m00s"]]
+  assert not (schedule_report / "results.md").exists()
+
+
+def test_schedule_json_holds_the_points_and_each_runs_curve_in_epochs(schedule_report):
+  document = json.loads((schedule_report / "schedule.json").read_text())
+  point = document["points"][1]
+  assert (point["model"], point["epochs"], point["seeds"]) == ("1.0 MobileNet-128", 20.0, [0, 1])
+  assert point["top1_mean"] == pytest.approx(0.805)
+  assert point["train_wall_s_mean"] == 1200.0
+  curve = next(curve for curve in document["curves"] if curve["run_name"] == "dws_e5_s1")
+  assert curve["epochs"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+  assert curve["top1"][-1] == pytest.approx(0.62)
+
+
+def test_schedule_plot_is_a_valid_png_of_two_panels(schedule_report):
+  from matplotlib import image
+
+  height, width, _ = image.imread(schedule_report / "schedule.png").shape
+  assert width >= 1600 and height >= 600
+
+
+def test_an_evaluation_is_placed_at_its_recorded_epoch_else_at_its_step_and_the_last_wins(
+    tmp_path):
+  run = write_study_run(tmp_path / "run", 4.0, 0, 0.8)
+  write_metrics(run, dict(step=100, kind="eval", top1=0.3), dict(step=150, kind="train", loss=1),
+                dict(step=200, kind="eval", top1=0.4),
+                dict(step=200, kind="eval", top1=0.5),  # evaluated again after a resume
+                dict(step=300, kind="eval", top1=0.6, epoch=2.9))
+  runs, _ = report.load_runs([run])
+  (point,) = report.schedule_points(report.aggregate(runs, 128), 128)
+  curve = report.eval_curve(point, runs[0])
+  assert curve.epochs == (1.0, 2.0, 2.9)
+  assert curve.top1 == (0.3, 0.5, 0.6)
+
+
+def test_a_run_of_unknown_length_fails_the_schedule_with_one_line_naming_it(tmp_path, capsys):
+  run = write_run(tmp_path / "run")  # no config.json beside it
+  error = run_failing([str(run), "--out", str(tmp_path / "out"), "--schedule"], capsys)
+  assert str(run / "eval_results.json") in error and "train.num_epochs" in error
+
+
+def test_a_malformed_metrics_line_fails_the_schedule_with_one_line_naming_it(tmp_path, capsys):
+  run = write_study_run(tmp_path / "run", 2.0, 0, 0.8)
+  (run / "metrics.jsonl").write_text('{"step": 100, "kind": "eval", "top1": 0.5}\n{"step": 2')
+  error = run_failing([str(run), "--out", str(tmp_path / "out"), "--schedule"], capsys)
+  assert str(run / "metrics.jsonl") in error and "line 2" in error

@@ -1,4 +1,5 @@
 """The sweep command: which rows it trains, with what, and what it refuses to mix into a table."""
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -19,10 +20,29 @@ def folders(tmp_path, monkeypatch) -> pathlib.Path:
   return tmp_path
 
 
-def _eval_results(row: sweep.Row) -> dict:
-  return dict(top1=0.7, top5=0.95, params=2_000_000, mult_adds=100_000_000, variant=row.variant,
-              alpha=row.alpha, resolution=row.resolution, dataset="imagenette", step=10,
-              infer_images_per_s=100.0, device="cpu", seed=row.seed)
+STEPS_PER_EPOCH = 10
+
+
+def _top1(epochs: float, seed: int) -> float:
+  """The fake runs' accuracy: longer training and a higher seed score more."""
+  return 0.5 + epochs / 100 + seed / 100
+
+
+def _eval_results(row: sweep.Row, epochs: float) -> dict:
+  return dict(top1=_top1(epochs, row.seed), top5=0.95, params=2_000_000, mult_adds=100_000_000,
+              variant=row.variant, alpha=row.alpha, resolution=row.resolution,
+              dataset="imagenette", step=round(epochs * STEPS_PER_EPOCH),
+              infer_images_per_s=100.0, device="cpu", seed=row.seed, train_wall_s=60.0 * epochs)
+
+
+def _metrics(row: sweep.Row, epochs: float) -> str:
+  """metrics.jsonl as train.py writes it: an evaluation after every epoch, training between."""
+  lines = []
+  for epoch in range(1, round(epochs) + 1):
+    step = epoch * STEPS_PER_EPOCH
+    lines += [dict(step=step, kind="train", loss=1.0),
+              dict(step=step, kind="eval", top1=_top1(epochs, row.seed) * epoch / epochs)]
+  return "".join(json.dumps(line) + "\n" for line in lines)
 
 
 def _write_run(folder: pathlib.Path, row: sweep.Row, *, finished=True, **changes) -> None:
@@ -34,8 +54,9 @@ def _write_run(folder: pathlib.Path, row: sweep.Row, *, finished=True, **changes
   folder.mkdir(parents=True)
   (folder / "config.json").write_text(json.dumps(config))
   if finished:
-    (folder / "eval_results.json").write_text(json.dumps(_eval_results(row)))
-    (folder / "metrics.jsonl").write_text("")
+    epochs = config["train"]["num_epochs"]
+    (folder / "eval_results.json").write_text(json.dumps(_eval_results(row, epochs)))
+    (folder / "metrics.jsonl").write_text(_metrics(row, epochs))
 
 
 LITERT_FIGURES = dict(litert_fp32_ms=5.0, litert_int8_ms=3.0, litert_int8_top1=0.69,
@@ -46,9 +67,10 @@ class FakeTrain:
   """Stands in for subprocess.run: records each call; train.py leaves a finished run, the export
   merges its figures into eval_results.json (or fails with exit 1, or merges nothing)."""
 
-  def __init__(self, export_fails=False, export_merges=True):
+  def __init__(self, export_fails=False, export_merges=True, rows=TABLE5):
     self.calls = []
     self.export_fails, self.export_merges = export_fails, export_merges
+    self.rows = rows
 
   @property
   def train_calls(self) -> list:
@@ -67,7 +89,7 @@ class FakeTrain:
                            .partition("=")[2])
     if command[1] == "train.py":
       config_arg = next(arg for arg in command if arg.startswith("--config="))
-      row = next(row for row in TABLE5 if f"--config={row.config}" == config_arg)
+      row = next(row for row in self.rows if f"--config={row.config}" == config_arg)
       _write_run(workdir, row)
     elif self.export_fails:
       raise subprocess.CalledProcessError(1, command)
@@ -113,15 +135,16 @@ def test_paths_logging_and_implementation_choices_do_not_make_a_result_stale(fol
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS,
              data__folder="/elsewhere", train__log_every_steps=7, model__depthwise_impl="grouped",
              train__eval_batch_size=32)
-  assert sweep.stale_reason(TABLE5_DWS, sweep.requested_config(TABLE5_DWS.config, [])) is None
+  assert sweep.stale_reason(TABLE5_DWS, sweep.RUNS,
+                           sweep.requested_config(TABLE5_DWS.config, [])) is None
 
 
 def test_flags_after_double_dash_reach_train_and_count_in_the_staleness_check(folders):
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS, train__num_epochs=3.0)
   shorter = sweep.requested_config(TABLE5_DWS.config, ["--config.train.num_epochs=3"])
-  assert sweep.stale_reason(TABLE5_DWS, shorter) is None
-  assert "train.num_epochs=3.0" in sweep.stale_reason(TABLE5_DWS,
-                                                      sweep.requested_config(TABLE5_DWS.config, []))
+  assert sweep.stale_reason(TABLE5_DWS, sweep.RUNS, shorter) is None
+  assert "train.num_epochs=3.0" in sweep.stale_reason(
+      TABLE5_DWS, sweep.RUNS, sweep.requested_config(TABLE5_DWS.config, []))
 
 
 def test_missing_rows_train_then_results_and_table_are_written(folders, monkeypatch):
@@ -236,3 +259,193 @@ def test_a_failed_training_names_its_command_and_skips_the_export(folders, capsy
   assert error.startswith(f"error: {TABLE5[0].name} failed (exit 3): `{sys.executable} train.py")
   assert error.endswith("rerun to resume it")
   assert [command[1] for command in calls] == ["train.py"]
+
+
+# ---------------------------------------------------------------- where the workdirs live
+
+def test_the_runs_flag_puts_every_workdir_there_for_training_and_export(folders, monkeypatch):
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  elsewhere = folders / "elsewhere"
+  assert sweep.main(["table5", "--runs", str(elsewhere)]) == 0
+  workdirs = {arg for command, _ in fake.calls for arg in command if arg.startswith("--workdir=")}
+  assert workdirs == {f"--workdir={elsewhere / row.name}" for row in TABLE5}
+  assert len(fake.export_calls) == len(TABLE5)
+  assert all(sweep.finished(row) for row in TABLE5)  # kept from there
+  assert not (folders / "runs").exists()
+
+
+def test_unfinished_runs_are_checked_for_staleness_where_the_runs_flag_says(folders, capsys):
+  elsewhere = folders / "elsewhere"
+  _write_run(elsewhere / TABLE5_SHALLOW.name, TABLE5_SHALLOW, finished=False,
+             data__min_area=0.08)
+  # The default folder's stale run of another row is not looked at.
+  _write_run(folders / "runs" / TABLE5_DWS.name, TABLE5_DWS, finished=False, data__min_area=0.5)
+  assert sweep.main(["table5", "--dry-run", "--runs", str(elsewhere)]) == 0
+  out = capsys.readouterr().out
+  assert f"{TABLE5_SHALLOW.name:<24} stale" in out
+  assert f"{TABLE5_DWS.name:<24} missing" in out
+  assert (f"stale: {elsewhere / TABLE5_SHALLOW.name} holds a run started with "
+          "data.min_area=0.08, the sweep now asks for 0.25") in out
+
+
+def test_a_relative_runs_folder_is_taken_from_where_the_sweep_is_started(folders, monkeypatch):
+  monkeypatch.chdir(folders)
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["table5", "--runs", "relative/runs"]) == 0
+  first_workdir = next(arg for arg in fake.calls[0][0] if arg.startswith("--workdir="))
+  assert first_workdir == f"--workdir={folders.resolve() / 'relative' / 'runs' / TABLE5[0].name}"
+
+
+def test_every_row_of_every_table_has_seeds_0_and_1():
+  for table, rows in sweep.TABLES.items():
+    both_seeds = {dataclasses.replace(row, seed=seed) for row in rows for seed in (0, 1)}
+    assert set(rows) == both_seeds, table
+
+
+# ---------------------------------------------------------------- the schedule study
+
+STUDY_ARGS = ["schedule", "--epochs", "20,5", "--variants", "dws,conv", "--seeds", "0,1"]
+STUDY_ROWS = [sweep.schedule_row(variant, epochs, seed)
+              for epochs in (5, 20) for variant in ("dws", "conv") for seed in (0, 1)]
+
+
+def test_schedule_rows_are_named_and_configured_with_their_epochs_shortest_first(folders, capsys):
+  assert sweep.main(STUDY_ARGS + ["--dry-run"]) == 0
+  names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+  assert names == ["dws_a1_r128_e5_s0", "dws_a1_r128_e5_s1", "conv_a1_r128_e5_s0",
+                   "conv_a1_r128_e5_s1", "dws_a1_r128_e20_s0", "dws_a1_r128_e20_s1",
+                   "conv_a1_r128_e20_s0", "conv_a1_r128_e20_s1"]
+  config = sweep.requested_config(sweep.schedule_row("conv", 20, 1).config, [])
+  assert (config["train"]["num_epochs"], config["model"]["variant"], config["seed"]) == (
+      20.0, "conv", 1)
+
+
+def test_a_schedule_result_trained_for_other_epochs_is_stale_naming_the_field(folders, capsys):
+  row = sweep.schedule_row("dws", 20, 0)
+  _write_run(folders / "results" / "runs" / row.name, row, train__num_epochs=10.0)
+  assert sweep.main(["schedule", "--epochs", "20", "--variants", "dws", "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert f"{row.name:<24} stale" in out
+  assert "train.num_epochs=10.0, the sweep now asks for 20.0" in out
+
+
+def test_schedule_trains_the_missing_rows_then_writes_its_table_json_and_plot(
+    folders, monkeypatch):
+  fake = FakeTrain(rows=STUDY_ROWS)
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(STUDY_ARGS + ["--", "--config.train.log_every_steps=5"]) == 0
+  assert [command[2:] for command, _ in fake.train_calls] == [
+      [f"--config={row.config}", f"--workdir={folders / 'runs' / row.name}",
+       "--config.train.log_every_steps=5"] for row in STUDY_ROWS]
+  assert len(fake.export_calls) == len(STUDY_ROWS)
+  out = folders / "results" / "schedule"
+  markdown = (out / "schedule.md").read_text()
+  assert "| Model | Epochs | Seeds | Top-1 | Million Mult-Adds | Train time |" in markdown
+  assert "| 1.0 MobileNet-128 | 20 | 0, 1 | 70.5% ± 0.5 (2 seeds) | 100 | 20m00s |" in markdown
+  assert "| Conv MobileNet | 5 | 0, 1 | 55.5% ± 0.5 (2 seeds) | 100 | 5m00s |" in markdown
+  document = json.loads((out / "schedule.json").read_text())
+  assert [(point["model"], point["epochs"]) for point in document["points"]] == [
+      ("1.0 MobileNet-128", 5.0), ("1.0 MobileNet-128", 20.0), ("Conv MobileNet", 5.0),
+      ("Conv MobileNet", 20.0)]
+  curve = next(curve for curve in document["curves"]
+               if curve["run_name"] == "dws_a1_r128_e20_s1")
+  assert curve["epochs"] == [float(epoch) for epoch in range(1, 21)]
+  assert curve["top1"][-1] == pytest.approx(0.71)
+  assert (out / "schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_schedule_row_at_the_configs_own_epoch_count_is_the_table_row_and_serves_as_is(
+    folders, monkeypatch):
+  default = sweep.default_epochs("dws")
+  assert sweep.schedule_row("dws", default, 1) == sweep.Row("dws", seed=1)
+  table_run = sweep.Row("dws", seed=1)
+  _write_run(folders / "results" / "runs" / "dws_a1_r128_s1", table_run)
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["schedule", "--epochs", f"{default:g}", "--variants", "dws",
+                     "--seeds", "1"]) == 0
+  assert not fake.calls
+  document = json.loads((folders / "results" / "schedule" / "schedule.json").read_text())
+  assert [(point["epochs"], point["seeds"]) for point in document["points"]] == [(default, [1])]
+
+
+def test_the_schedule_report_shows_study_runs_of_earlier_commands_but_not_stale_ones(
+    folders, monkeypatch, capsys):
+  longer = sweep.schedule_row("shallow", 40, 0)
+  _write_run(folders / "results" / "runs" / longer.name, longer)
+  older = sweep.schedule_row("conv", 5, 0)
+  _write_run(folders / "results" / "runs" / older.name, older, optimizer__learning_rate=0.1)
+  narrow = sweep.Row("dws", 0.5)  # not a model of the study
+  _write_run(folders / "results" / "runs" / narrow.name, narrow)
+  asked = sweep.schedule_row("dws", 5, 0)
+  monkeypatch.setattr(subprocess, "run", FakeTrain(rows=[asked]))
+  assert sweep.main(["schedule", "--epochs", "5", "--variants", "dws"]) == 0
+  captured = capsys.readouterr()
+  assert f"{longer.name:<24} done (found)" in captured.out
+  assert f"{older.name:<24} stale, left out of the report (found)" in captured.out
+  assert (f"warning: left out of the report: {folders / 'results' / 'runs' / older.name} was "
+          "trained with optimizer.learning_rate=0.1") in captured.err
+  document = json.loads((folders / "results" / "schedule" / "schedule.json").read_text())
+  assert [(point["model"], point["epochs"]) for point in document["points"]] == [
+      ("1.0 MobileNet-128", 5.0), ("Shallow MobileNet", 40.0)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["schedule", "--epochs", "0"], "--epochs: '0' is not a positive number of epochs"),
+    (["schedule", "--epochs", "5,ten"], "--epochs: 'ten' is not a positive number of epochs"),
+    (["schedule", "--epochs", "5", "--variants", "dws,foo"],
+     "--variants: 'foo' is not one of dws, shallow, conv"),
+    (["schedule", "--epochs", "5", "--seeds", "-1"], "--seeds: '-1' is not a seed (0, 1, ...)"),
+    (["schedule"], "--epochs: the schedule target needs the epoch counts to train, "
+                   "e.g. --epochs 5,10,20"),
+    (["table4", "--seeds", "1"], "--seeds: only the schedule target takes it"),
+    (["schedule", "--epochs", "5", "--", "--config.train.num_epochs=3"],
+     "--config.train.num_epochs: the schedule target sets each row's epoch count; give the "
+     "counts to --epochs"),
+])
+def test_a_bad_schedule_flag_is_one_line_naming_it(folders, capsys, argv, message):
+  assert sweep.main(argv) == 2
+  captured = capsys.readouterr()
+  assert captured.err == f"error: {message}\n"
+  assert not captured.out  # nothing listed, nothing trained
+
+
+# ---------------------------------------------------------------- the combined plot
+
+def test_combined_reports_every_finished_table_row_beside_the_paper_and_trains_nothing(
+    folders, monkeypatch):
+  from matplotlib import image
+
+  done = [sweep.Row("conv"), sweep.Row("dws"), sweep.Row("dws", seed=1), sweep.Row("dws", 0.75),
+          sweep.Row("dws", 1.0, 112, seed=1)]
+  for row in done:
+    _write_run(folders / "results" / "runs" / row.name, row)
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["combined"]) == 0
+  assert not fake.calls
+  out = folders / "results" / "combined"
+  markdown = (out / "results.md").read_text()
+  for model in ("Conv MobileNet", "1.0 MobileNet-128", "0.75 MobileNet-128", "1.0 MobileNet-112"):
+    assert f"| {model} |" in markdown
+  assert "| 1.0 MobileNet-128 | 60.5% ± 0.5 (2 seeds) |" in markdown  # one point per model
+  assert "Paper: ImageNet" in markdown
+  _, width, _ = image.imread(out / "accuracy_vs_mult_adds.png").shape
+  assert width >= 1600  # two panels
+
+
+def test_schedule_report_only_without_epochs_reports_every_finished_study_run(
+    folders, monkeypatch):
+  done = [sweep.schedule_row("dws", 5, 0), sweep.schedule_row("conv", 20, 1), sweep.Row("shallow")]
+  for row in done:
+    _write_run(folders / "results" / "runs" / row.name, row)
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["schedule", "--report-only"]) == 0
+  assert not fake.calls
+  document = json.loads((folders / "results" / "schedule" / "schedule.json").read_text())
+  assert [(point["model"], point["epochs"]) for point in document["points"]] == [
+      ("1.0 MobileNet-128", 5.0), ("Conv MobileNet", 20.0),
+      ("Shallow MobileNet", sweep.default_epochs("shallow"))]
