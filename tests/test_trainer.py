@@ -99,17 +99,14 @@ def test_profile_window_traces_the_steps_after_the_compiling_one(monkeypatch):
   assert profiler.events == [("start", "/run/profile"), ("stop",)]
 
 
-def test_profile_window_is_closed_by_a_run_that_ends_inside_it(monkeypatch):
+@pytest.mark.parametrize("steps, expected", [
+    (100, [("start", "/run/profile"), ("stop",)]),  # the run ends inside the window: closed
+    (0, []),  # the default: no trace
+])
+def test_profile_window_closes_at_the_runs_end_and_is_off_by_default(monkeypatch, steps,
+                                                                     expected):
   profiler = FakeProfiler(monkeypatch)
-  with trainer.ProfileWindow("/run", steps=100, start_step=0) as window:
+  with trainer.ProfileWindow("/run", steps=steps, start_step=0) as window:
     for done in range(1, 4):
       window.after_step(done, jnp.zeros(()))
-  assert profiler.events == [("start", "/run/profile"), ("stop",)]
-
-
-def test_no_profile_is_traced_by_default(monkeypatch):
-  profiler = FakeProfiler(monkeypatch)
-  with trainer.ProfileWindow("/run", steps=0, start_step=0) as window:
-    for done in range(1, 4):
-      window.after_step(done, jnp.zeros(()))
-  assert profiler.events == []
+  assert profiler.events == expected
