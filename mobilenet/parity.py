@@ -305,20 +305,15 @@ def load_run(workdir: str, framework: str) -> dict:
   try:
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as file:
       config = json.load(file)
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
-      lines = [json.loads(line) for line in file if line.strip()]
+    epochs, top1_per_epoch = metrics.evaluation_curve(
+        os.path.join(workdir, metrics.FILENAME), config["train"]["num_epochs"], record["step"])
   except (OSError, ValueError) as error:
     raise errors.NotFound(f"{workdir}: cannot read its config.json or metrics.jsonl "
                           f"({error})") from None
-  evals = {line["step"]: line for line in lines if line.get("kind") == "eval"}
-  final_step, num_epochs = record["step"], config["train"]["num_epochs"]
-  steps = sorted(evals)
   return {
       "workdir": workdir, "framework": framework, "seed": record.get("seed", config.get("seed")),
-      "top1": record["top1"], "step": final_step,
-      # JAX's records have no epoch: its evaluations are at multiples of the epoch's steps.
-      "epochs": [evals[s].get("epoch", s * num_epochs / final_step) for s in steps],
-      "top1_per_epoch": [evals[s]["top1"] for s in steps],
+      "top1": record["top1"], "step": record["step"],
+      "epochs": epochs, "top1_per_epoch": top1_per_epoch,
       "recipe": report.protocol_settings(config, ignoring=(report.SEED_FIELD,)),
   }
 

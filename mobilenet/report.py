@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from configs import base
 from mobilenet import results
+from mobilenet import metrics
 from mobilenet.metrics import format_duration
 
 RESULTS_FILENAME = results.FILENAME
@@ -55,7 +56,6 @@ LATENCY_PLOT_FILENAME = "accuracy_vs_latency.png"
 SCHEDULE_MARKDOWN_FILENAME = "schedule.md"
 SCHEDULE_JSON_FILENAME = "schedule.json"
 SCHEDULE_PLOT_FILENAME = "schedule.png"
-METRICS_FILENAME = "metrics.jsonl"  # train.py's log beside the results: {"kind": "eval", ...}
 EPOCHS_FIELD = "train.num_epochs"
 
 VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}
@@ -847,32 +847,16 @@ def schedule_points(rows: Sequence[ModelRow], base_resolution: int) -> list[Sche
   return sorted(points, key=lambda point: (point.model, point.epochs))
 
 
-def eval_records(path: pathlib.Path) -> dict[int, dict]:
-  """The evaluations in a metrics.jsonl by step, the last of each (a resumed run may evaluate
-  a step again); none where the run kept no metrics."""
-  by_step = {}
-  lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      raise ReportError(f"{path}: line {number} is not valid JSON") from None
-    if isinstance(record, dict) and record.get("kind") == "eval":
-      by_step[int(record["step"])] = record
-  return by_step
-
-
 def eval_curve(point: SchedulePoint, run: Run) -> EvalCurve:
-  """The run's evaluations, each at the epoch it records, else at its step over the steps of
-  one epoch (the run's final step over its number of epochs)."""
-  by_step = eval_records(pathlib.Path(run.source).parent / METRICS_FILENAME)
-  steps = sorted(by_step)
-  return EvalCurve(point.model, run,
-                   tuple(float(by_step[step].get("epoch", step * point.epochs / run.step))
-                         for step in steps),
-                   tuple(float(by_step[step]["top1"]) for step in steps))
+  """The run's evaluations (metrics.evaluation_curve); none where the run kept no metrics."""
+  path = pathlib.Path(run.source).parent / metrics.FILENAME
+  if not path.is_file():
+    return EvalCurve(point.model, run, (), ())
+  try:
+    epochs, top1 = metrics.evaluation_curve(path, point.epochs, run.step)
+  except ValueError as error:
+    raise ReportError(str(error)) from None
+  return EvalCurve(point.model, run, tuple(epochs), tuple(top1))
 
 
 def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str:
@@ -892,7 +876,7 @@ def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str
            f"the seeds; on {devices}.", "",
            f"{SCHEDULE_PLOT_FILENAME}: top-1 against the number of epochs (a line per model, a "
            "dot per seed), and each run's top-1 after every evaluation during training, from "
-           f"its {METRICS_FILENAME}: how far from convergence each schedule ends."]
+           f"its {metrics.FILENAME}: how far from convergence each schedule ends."]
   return "\n".join(lines) + "\n"
 
 
@@ -1021,7 +1005,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="the runs are one model or more trained for several numbers of "
                       f"epochs: write {SCHEDULE_MARKDOWN_FILENAME}, {SCHEDULE_JSON_FILENAME} and "
                       f"{SCHEDULE_PLOT_FILENAME} (top-1 against epochs, and each run's top-1 "
-                      f"during training from its {METRICS_FILENAME}) instead of the tables")
+                      f"during training from its {metrics.FILENAME}) instead of the tables")
   parser.add_argument("--base-resolution", type=int, default=PAPER_BASE_RESOLUTION,
                       help="the resolution that stands for the paper's 224 (this project: 128)")
   args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ import sys
 from typing import Any, Optional
 
 from mobilenet import report
+from mobilenet import metrics
 from mobilenet.metrics import format_duration
 from mobilenet import sweep
 
@@ -184,7 +185,7 @@ def run(folders: Folders, item: Trial) -> None:
 # ---------------------------------------------------------------- the ranked table
 
 def final_train_loss(metrics_file: pathlib.Path) -> Optional[float]:
-  losses = [record["loss"] for record in map(json.loads, metrics_file.read_text().splitlines())
+  losses = [record["loss"] for record in metrics.read_records(metrics_file)
             if record.get("kind") == "train"]
   return losses[-1] if losses else None
 
