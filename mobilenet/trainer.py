@@ -339,16 +339,15 @@ def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Trai
   del batches  # its prefetching would compete with the final evaluation for the CPU
   totals = evaluate(final_step)
   return _finish(config, workdir, plan, checkpointer, training, state, totals,
-                 start_step=start_step, earlier_seconds=train_seconds,
+                 final_step=final_step, start_step=start_step, earlier_seconds=train_seconds,
                  all_seconds=progress.train_seconds)
 
 
 def _finish(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Training, state,
-            totals: dict, *, start_step: int, earlier_seconds: float | None,
+            totals: dict, *, final_step: int, start_step: int, earlier_seconds: float | None,
             all_seconds: float) -> dict:
   """Writes the results of the final evaluation, with the inference speed and the training
   time of this session and (where every checkpoint kept it) of the whole run."""
-  final_step = max(plan.total_steps, start_step)
   record = {**results.evaluation_record(config, final_step, totals, devices.description()),
             "infer_images_per_s": evaluation.measure_inference_speed(
                 training.evaluation.net, steps_lib.evaluated_variables(state), config)}
