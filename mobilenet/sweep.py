@@ -4,6 +4,7 @@
                                      [-- --config.train.num_epochs=3]
     python -m mobilenet.sweep schedule --epochs 5,10,20 [--variants dws,shallow,conv] [--seeds 0]
     python -m mobilenet.sweep combined
+    python -m mobilenet.sweep table6 --lanes 2      # two rows at once, each on half the cores
 
 Each row is an ordinary `train.py` run with `configs/<variant>.py` (the shared protocol lives in
 configs/base.py), its workdir under `--runs` (default `runs/` in the project; checkpoints: not
@@ -27,6 +28,10 @@ A row whose result (or unfinished run) was made with settings that change what i
 say after an edit of configs/base.py, stops the sweep with the first differing field, so that
 no table mixes two protocols; `--dry-run` lists such rows as stale.
 
+`--lanes N` trains up to N rows at once, each pinned to its own share of the cores, its console
+in `<workdir>.log` (mobilenet.lanes: on a CPU, narrower runs side by side train more images per
+second than one run on every core).
+
 Each row's train.py picks its malloc itself (mobilenet.allocator: tcmalloc where installed;
 MOBILENET_ALLOCATOR=system for glibc's).
 """
@@ -46,6 +51,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from mobilenet import lanes
 from mobilenet import report
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -166,56 +172,104 @@ def report_stale(reasons: list[str], *, dry_run: bool) -> int:
   return 1
 
 
-def run_command(command: list[str]) -> None:
-  """Runs one step of a row as its own process, echoed first; raises CalledProcessError."""
-  print("$ " + " ".join(command), flush=True)
-  subprocess.run(command, cwd=PROJECT_ROOT, check=True, env=dict(os.environ))
+def run_command(command: list[str], cpus: Optional[tuple[int, ...]] = None,
+                log: Optional[pathlib.Path] = None) -> None:
+  """Runs one step of a row as its own process, echoed first; pinned to `cpus` and its console
+  appended to `log` where given. Raises CalledProcessError naming the command as given."""
+  line = "$ " + " ".join(map(str, command))
+  if log is None:
+    print(line, flush=True)
+  else:
+    print(f"{line}  [cores {','.join(map(str, cpus or ()))}; console in {log}]", flush=True)
+  try:
+    if log is None:
+      subprocess.run(lanes.pinned(command, cpus), cwd=PROJECT_ROOT, check=True,
+                     env=dict(os.environ))
+      return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as console:
+      console.write(line + "\n")
+      console.flush()
+      subprocess.run(lanes.pinned(command, cpus), cwd=PROJECT_ROOT, check=True,
+                     env=dict(os.environ), stdout=console, stderr=subprocess.STDOUT)
+  except subprocess.CalledProcessError as error:
+    raise subprocess.CalledProcessError(error.returncode, list(command)) from None
+
+
+def keep_results(workdir: pathlib.Path, destination: pathlib.Path) -> None:
+  """Copies a finished run's KEPT_FILES to `destination`, each whole (a temporary file renamed)
+  and eval_results.json last: whoever sees that file, from another lane too, sees them all."""
+  destination.mkdir(parents=True, exist_ok=True)
+  for file_name in sorted(KEPT_FILES, key=lambda name: name == "eval_results.json"):
+    partial = destination / f".{file_name}.partial"
+    shutil.copy2(workdir / file_name, partial)
+    os.replace(partial, destination / file_name)
+
+
+class RunFailed(Exception):
+  """A row or trial whose command failed; the message names it and says how to go on."""
+
+
+def failure_message(name: str, error: subprocess.CalledProcessError,
+                    log: Optional[pathlib.Path], *, what: str = "failed",
+                    remedy: str = "rerun to resume it") -> str:
+  console = f" (its console: {log})" if log is not None else ""
+  return (f"{name} {what} (exit {error.returncode}): `{' '.join(map(str, error.cmd))}`; "
+          f"{remedy}{console}")
 
 
 def export_command(row: Row, runs: pathlib.Path) -> list[str]:
   return [sys.executable, "-m", "mobilenet.export", f"--workdir={runs / row.name}", "--int8"]
 
 
-def export(row: Row, runs: pathlib.Path) -> None:
+def export(row: Row, runs: pathlib.Path, cpus: Optional[tuple[int, ...]] = None,
+           log: Optional[pathlib.Path] = None) -> None:
   """Exports the row's finished run; its figures must then be in its eval_results.json."""
   command = export_command(row, runs)
-  run_command(command)
+  run_command(command, cpus, log)
   results = runs / row.name / "eval_results.json"
   missing = [key for key in report.LATENCY_KEYS if key not in json.loads(results.read_text())]
   if missing:
     raise ExportError(f"`{' '.join(command)}` exited 0 but {results} lacks {', '.join(missing)}")
 
 
-def train(row: Row, runs: pathlib.Path, extra_flags: list[str]) -> None:
-  """Trains the row in `runs`, exports it, and keeps its results."""
-  run_command([sys.executable, "train.py", f"--config={row.config}",
-               f"--workdir={runs / row.name}", *extra_flags])
-  export(row, runs)
-  destination = RESULTS / "runs" / row.name
-  destination.mkdir(parents=True, exist_ok=True)
-  for file_name in KEPT_FILES:
-    shutil.copy2(runs / row.name / file_name, destination / file_name)
+def train(row: Row, runs: pathlib.Path, extra_flags: list[str],
+          cpus: Optional[tuple[int, ...]] = None) -> None:
+  """Trains the row in `runs` (pinned to `cpus` where given), exports it, and keeps its results;
+  raises RunFailed."""
+  log = None if cpus is None else lanes.log_file(runs / row.name)
+  try:
+    run_command([sys.executable, "train.py", f"--config={row.config}",
+                 f"--workdir={runs / row.name}", *extra_flags], cpus, log)
+  except subprocess.CalledProcessError as error:
+    raise RunFailed(failure_message(row.name, error, log)) from None
+  try:
+    export(row, runs, cpus, log)
+  except subprocess.CalledProcessError as error:
+    raise RunFailed(failure_message(row.name, error, log, what="trained, but its export failed",
+                                    remedy="rerun the sweep to export it again")) from None
+  except ExportError as error:
+    raise RunFailed(f"{row.name} trained, but its export is incomplete: {error}") from None
+  keep_results(runs / row.name, RESULTS / "runs" / row.name)
 
 
-def train_missing(rows: tuple[Row, ...], runs: pathlib.Path, extra_flags: list[str]) -> int:
-  """Trains every row without a result, in order; stops at the first failure (exit 1)."""
-  for row in rows:
-    if finished(row):
-      continue
-    try:
-      train(row, runs, extra_flags)
-    except subprocess.CalledProcessError as error:
-      command = " ".join(map(str, error.cmd))
-      if error.cmd == export_command(row, runs):
-        print(f"error: {row.name} trained, but its export failed (exit {error.returncode}): "
-              f"`{command}`; rerun the sweep to export it again", file=sys.stderr)
-      else:
-        print(f"error: {row.name} failed (exit {error.returncode}): `{command}`; rerun to "
-              "resume it", file=sys.stderr)
-      return 1
-    except ExportError as error:
-      print(f"error: {row.name} trained, but its export is incomplete: {error}", file=sys.stderr)
-      return 1
+def train_missing(rows: tuple[Row, ...], runs: pathlib.Path, extra_flags: list[str],
+                  lane_count: int = 1) -> int:
+  """Trains every row without a result, in order, `lane_count` at a time; after a failure
+  starts no other row (exit 1)."""
+  waiting = [row for row in rows if not finished(row)]
+
+  def next_job(_running: set[str]) -> Optional[lanes.Job]:
+    if not waiting:
+      return None
+    row = waiting.pop(0)
+    return lanes.Job(row.name, lambda cpus: train(row, runs, extra_flags, cpus))
+
+  try:
+    lanes.run_side_by_side(next_job, lane_count)
+  except RunFailed as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
   return 0
 
 
@@ -337,6 +391,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--variants", metavar="V,V,...",
                       help=f"schedule: of {', '.join(STUDY_VARIANTS)} (default: all three)")
   parser.add_argument("--seeds", metavar="S,S,...", help="schedule: the seeds (default: 0)")
+  parser.add_argument("--lanes", type=int, default=1, metavar="N",
+                      help="train up to N rows at once, each pinned to its share of the cores")
   parser.add_argument("--dry-run", action="store_true", help="list the rows and what is missing")
   parser.add_argument("--report-only", action="store_true", help="rebuild the report only")
   split = argv.index("--") if "--" in argv else len(argv)
@@ -349,11 +405,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else list(argv))
   try:
+    lanes.cpu_sets(args.lanes)  # a lane count this machine cannot give stops here
     rows = target_rows(args)
     stale = stale_reasons(rows, args.runs, args.extra)
     found = stale_reasons(study_rows_found(rows) if args.target == SCHEDULE else (), args.runs,
                           args.extra)
-  except UsageError as error:
+  except (UsageError, lanes.LanesError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   except (flags.Error, KeyError, AttributeError, ValueError) as error:  # bad flags or config.json
@@ -373,7 +430,7 @@ def main(argv=None) -> int:
   for reason in left_out:
     print(f"warning: left out of the report: {reason}", file=sys.stderr)
   if not args.report_only and args.target != COMBINED:
-    failed = train_missing(rows, args.runs, args.extra)
+    failed = train_missing(rows, args.runs, args.extra, args.lanes)
     if failed:
       return failed
   return rebuild(args, rows, [row for row, reason in found.items() if reason is None])

@@ -2,7 +2,7 @@
 training class (`train[:90%]`) and scored on the other tenth (`train[90%:]`); the validation
 split is never read.
 
-    python -m mobilenet.tune [--epochs 5] [--dry-run] [--report-only]
+    python -m mobilenet.tune [--epochs 5] [--dry-run] [--report-only] [--lanes N]
                              [--workdirs runs/tune] [--results results/tuning]
 
 The search runs in stages, each decided by the finished results of the stages before it, so
@@ -13,7 +13,8 @@ that a rerun resumes where it stopped (each run also resumes from its own checkp
   3. stage 1's best with every change of stage 2 that helped (the best one per factor), when
      two or more did;
   4. a second seed of the winner and of the runner-up, so that the choice is not noise.
-Each run is an ordinary train.py run in `--workdirs/<name>`; finished runs keep their
+`--lanes N` trains up to N decided trials at once, each pinned to its share of the cores (see
+mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in `--workdirs/<name>`; finished runs keep their
 eval_results.json, config.json and metrics.jsonl in `--results/runs/<name>`, and the ranked
 table (held-out top-1, final training loss, training time) and its plot go to `--results`.
 """
@@ -21,11 +22,11 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 from typing import Any, Optional
 
+from mobilenet import lanes
 from mobilenet import report
 from mobilenet import metrics
 from mobilenet.metrics import format_duration
@@ -172,14 +173,36 @@ def stale_reason(folders: Folders, item: Trial) -> Optional[str]:
   return f"{folder} was made with {differences[0]}; move it away to run the trial afresh"
 
 
-def run(folders: Folders, item: Trial) -> None:
-  """Trains the trial (resuming its workdir) and keeps its results."""
+def stale_reasons(folders: Folders, trials: list[Trial]) -> list[str]:
+  return [reason for reason in (stale_reason(folders, item) for item in trials) if reason]
+
+
+def run(folders: Folders, item: Trial, cpus: Optional[tuple[int, ...]] = None) -> None:
+  """Trains the trial (resuming its workdir; pinned to `cpus` where given) and keeps its
+  results; raises sweep.RunFailed."""
   workdir = folders.workdirs / item.name
-  sweep.run_command([sys.executable, "train.py", f"--config={item.config}",
-                     f"--workdir={workdir}", *item.flags()])
-  folders.kept(item).mkdir(parents=True, exist_ok=True)
-  for file_name in sweep.KEPT_FILES:
-    shutil.copy2(workdir / file_name, folders.kept(item) / file_name)
+  log = None if cpus is None else lanes.log_file(workdir)
+  try:
+    sweep.run_command([sys.executable, "train.py", f"--config={item.config}",
+                       f"--workdir={workdir}", *item.flags()], cpus, log)
+  except subprocess.CalledProcessError as error:
+    raise sweep.RunFailed(sweep.failure_message(item.name, error, log)) from None
+  sweep.keep_results(workdir, folders.kept(item))
+
+
+def train_decided(folders: Folders, epochs: float, lane_count: int) -> None:
+  """Trains every decided trial that has not finished, `lane_count` at a time; a finished trial
+  may decide the next stage. Starts nothing once a decided trial is stale (main reports it);
+  raises sweep.RunFailed."""
+
+  def next_job(running: set[str]) -> Optional[lanes.Job]:
+    trials, _ = plan(folders, epochs)
+    missing = [item for item in trials if not folders.finished(item) and item.name not in running]
+    if not missing or stale_reasons(folders, trials):
+      return None
+    return lanes.Job(missing[0].name, lambda cpus, item=missing[0]: run(folders, item, cpus))
+
+  lanes.run_side_by_side(next_job, lane_count)
 
 
 # ---------------------------------------------------------------- the ranked table
@@ -280,24 +303,25 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=float, default=5.0, help="the budget of every run")
   parser.add_argument("--workdirs", type=pathlib.Path, default=sweep.RUNS / "tune")
   parser.add_argument("--results", type=pathlib.Path, default=sweep.RESULTS / "tuning")
+  parser.add_argument("--lanes", type=int, default=1, metavar="N",
+                      help="train up to N trials at once, each pinned to its share of the cores")
   parser.add_argument("--dry-run", action="store_true", help="list the trials decided so far")
   parser.add_argument("--report-only", action="store_true", help="rebuild the ranking only")
   args = parser.parse_args(argv)
   folders = Folders(args.workdirs.resolve(), args.results.resolve())
-  while True:
-    trials, complete = plan(folders, args.epochs)
-    reasons = [reason for reason in map(lambda item: stale_reason(folders, item), trials) if reason]
-    if args.dry_run or reasons or args.report_only:
-      break
-    missing = [item for item in trials if not folders.finished(item)]
-    if not missing:
-      break
+  try:
+    lanes.cpu_sets(args.lanes)
+  except lanes.LanesError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  if not (args.dry_run or args.report_only):
     try:
-      run(folders, missing[0])
-    except subprocess.CalledProcessError as error:
-      print(f"error: {missing[0].name} failed (exit {error.returncode}): "
-            f"`{' '.join(map(str, error.cmd))}`; rerun to resume it", file=sys.stderr)
+      train_decided(folders, args.epochs, args.lanes)
+    except sweep.RunFailed as error:
+      print(f"error: {error}", file=sys.stderr)
       return 1
+  trials, complete = plan(folders, args.epochs)
+  reasons = stale_reasons(folders, trials)
   if args.dry_run:
     for item in trials:
       print(f"{item.name:<40} {item.stage:<20} "

@@ -165,3 +165,12 @@ def relative_difference(a: dict, b: dict) -> float:
   norm = sum(float(np.sum(b[key] ** 2)) for key in b)
   assert norm > 0, "nothing to compare: every leaf of the reference is zero"
   return (difference / norm) ** 0.5
+
+
+def unpinned(command: list[str]) -> tuple[list[str], tuple[int, ...] | None]:
+  """A command as mobilenet.lanes.pinned() gave it: the command itself and its cores (None
+  where it was not pinned)."""
+  if command[1:3] != ["-m", "mobilenet.lanes"]:
+    return command, None
+  cpus = tuple(int(cpu) for cpu in command[3].removeprefix("--cpus=").split(","))
+  return command[5:], cpus

@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
+from mobilenet import lanes
 from mobilenet import sweep
+
+from conftest import unpinned
 
 TABLE5 = sweep.TABLES["table5"]
 TABLE5_DWS, TABLE5_SHALLOW = TABLE5[:2]
@@ -71,6 +74,7 @@ class FakeTrain:
     self.calls = []
     self.export_fails, self.export_merges = export_fails, export_merges
     self.rows = rows
+    self.cores, self.consoles = [], []
 
   @property
   def train_calls(self) -> list:
@@ -81,10 +85,13 @@ class FakeTrain:
     return [(command, env) for command, env in self.calls if command[1:3] == ["-m",
                                                                              "mobilenet.export"]]
 
-  def __call__(self, command, *, cwd, check, env):
-    del cwd
+  def __call__(self, command, *, cwd, check, env, stdout=None, stderr=None):
+    del cwd, stderr
     assert check
+    command, cores = unpinned(command)
     self.calls.append((command, env))
+    self.cores.append(cores)
+    self.consoles.append(None if stdout is None else stdout.name)
     workdir = pathlib.Path(next(arg for arg in command if arg.startswith("--workdir="))
                            .partition("=")[2])
     if command[1] == "train.py":
@@ -259,6 +266,41 @@ def test_a_failed_training_names_its_command_and_skips_the_export(folders, capsy
   assert error.startswith(f"error: {TABLE5[0].name} failed (exit 3): `{sys.executable} train.py")
   assert error.endswith("rerun to resume it")
   assert [command[1] for command in calls] == ["train.py"]
+
+
+def test_two_lanes_train_and_export_every_row_each_on_its_own_core_logging_beside_it(
+    folders, monkeypatch):
+  monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["table5", "--lanes", "2"]) == 0
+  assert sorted(next(arg for arg in command if arg.startswith("--config="))
+                for command, _ in fake.train_calls) == sorted(f"--config={row.config}"
+                                                              for row in TABLE5)
+  assert set(fake.cores) == {(0,), (1,)}
+  for (command, _), cores, console in zip(fake.calls, fake.cores, fake.consoles):
+    workdir = next(arg for arg in command if arg.startswith("--workdir=")).partition("=")[2]
+    assert console == f"{workdir}.log"  # training and export of a row share its log
+  for row in TABLE5:
+    assert sweep.finished(row)
+    trained_on = [cores for (command, _), cores in zip(fake.calls, fake.cores)
+                  if f"--workdir={sweep.RUNS / row.name}" in command]
+    assert len(trained_on) == 2 and len(set(trained_on)) == 1  # exported on its own core
+
+
+def test_a_failure_in_a_lane_names_the_row_and_its_console(folders, capsys, monkeypatch):
+  monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
+
+  def failing_train(command, *, cwd, check, env, stdout=None, stderr=None):
+    del cwd, check, env, stdout, stderr
+    raise subprocess.CalledProcessError(3, command)
+
+  monkeypatch.setattr(subprocess, "run", failing_train)
+  assert sweep.main(["table5", "--lanes", "2"]) == 1
+  error = capsys.readouterr().err.strip()
+  assert "\n" not in error and error.startswith("error: ") and "failed (exit 3)" in error
+  assert f"`{sys.executable} train.py" in error  # the command as given, not its pinning
+  assert error.endswith(".log)")
 
 
 # ---------------------------------------------------------------- where the workdirs live

@@ -5,8 +5,11 @@ import subprocess
 
 import pytest
 
+from mobilenet import lanes
 from mobilenet import sweep
 from mobilenet import tune
+
+from conftest import unpinned
 
 # Held-out top-1 that the fake training gives each change from START: the best learning rate is
 # 0.8, three factors help (crop 0.5 most, then batch 32, then EMA), everything else hurts.
@@ -25,10 +28,15 @@ class FakeTrain:
 
   def __init__(self):
     self.commands = []
+    self.cores = []  # each command's (None: not pinned)
+    self.consoles = []  # where each command's output went (None: this console)
 
-  def __call__(self, command, *, cwd, check, env):
-    del cwd, check, env
+  def __call__(self, command, *, cwd, check, env, stdout=None, stderr=None):
+    del cwd, check, env, stderr
+    command, cores = unpinned(command)
     self.commands.append(command)
+    self.cores.append(cores)
+    self.consoles.append(None if stdout is None else stdout.name)
     workdir = pathlib.Path(next(arg for arg in command if arg.startswith("--workdir="))
                            .partition("=")[2])
     config_arg = next(arg for arg in command if arg.startswith("--config=")).partition("=")[2]
@@ -121,4 +129,28 @@ def test_a_result_made_with_other_settings_stops_the_search_naming_the_field(tmp
   fake_train.commands.clear()
   assert _main(tmp_path) == 1
   assert "optimizer.momentum=0.5" in capsys.readouterr().err
+  assert not fake_train.commands
+
+
+def test_two_lanes_train_the_same_trials_each_on_its_own_core_logging_beside_the_workdir(
+    tmp_path, fake_train, monkeypatch):
+  assert _main(tmp_path) == 0
+  one_lane = sorted(map(_changes, fake_train.commands), key=str)
+  assert set(fake_train.cores) == {None} and set(fake_train.consoles) == {None}
+  monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
+  fake_train.__init__()
+  assert _main(tmp_path / "two", "--lanes", "2") == 0
+  assert sorted(map(_changes, fake_train.commands), key=str) == one_lane
+  assert set(fake_train.cores) == {(0,), (1,)}
+  workdirs = [next(arg for arg in command if arg.startswith("--workdir=")).partition("=")[2]
+              for command in fake_train.commands]
+  assert fake_train.consoles == [f"{workdir}.log" for workdir in workdirs]
+  assert (tmp_path / "two" / "results" / "tuning.md").is_file()
+
+
+def test_more_lanes_than_cores_stops_before_any_training(tmp_path, fake_train, monkeypatch,
+                                                          capsys):
+  monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
+  assert _main(tmp_path, "--lanes", "3") == 2
+  assert "--lanes=3: this process may use 2 cores" in capsys.readouterr().err
   assert not fake_train.commands
