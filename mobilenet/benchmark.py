@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import allocator, devices, errors, model, ops, optim, parity, steps
+from mobilenet import allocator, devices, errors, model, ops, optim, steps
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -375,7 +375,7 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
   config = benchmark_config(config, batch, resolution)
   if FLAGS.torch:
     _import_torch()
-  threads = parity.cores()
+  threads = devices.usable_cores()
   report = {
       "device": devices.description(),
       "jax": jax.__version__,

@@ -28,16 +28,34 @@ def device_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on (fewer than the machine's when it is pinned, as in a
+  lane of mobilenet.lanes): what XLA, tf.data and PyTorch size their thread pools by."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+  """The CPU model, from /proc/cpuinfo where there is one."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      return next(line.split(":", 1)[1].strip() for line in cpuinfo
+                  if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or "cpu"
+
+
+def cores_description() -> str:
+  """`2 cores`, or `1 of 2 cores` for a process pinned to some of them."""
+  usable, total = usable_cores(), os.cpu_count()
+  return f"{usable} cores" if usable == total else f"{usable} of {total} cores"
+
+
 def description() -> str:
   """What results name as their device: the CPU model and core count, or the accelerator."""
   device = jax.devices()[0]
   if device.platform == "cpu":
-    name = platform.processor() or "cpu"
-    try:
-      with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        name = next(line.split(":", 1)[1].strip() for line in cpuinfo
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-      pass
-    return f"cpu: {name}, {os.cpu_count()} cores"
+    return f"cpu: {cpu_name()}, {cores_description()}"
   return f"{device.platform}: {device.device_kind} x{jax.device_count()}"

@@ -210,15 +210,8 @@ def measure_latency(runner: Runner, image: np.ndarray, *, warmup: int = 10,
 
 
 def cpu_description() -> str:
-  """The CPU model from /proc/cpuinfo and the core count: the machine the figures are of."""
-  name = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-      name = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                   if line.startswith("model name")), name)
-  except OSError:
-    pass
-  return f"{name}, {os.cpu_count()} cores"
+  """The CPU model and the cores this process may use: the machine the figures are of."""
+  return f"{devices.cpu_name()}, {devices.cores_description()}"
 
 
 def load_average() -> list[float]:
@@ -482,7 +475,7 @@ def latency_table(resolutions: Sequence[int], *, num_classes: int = 1000, rounds
                  f"{calibration_count} uniform random images in [-1, 1]",
       "num_classes": num_classes, "threads": list(threads), "rounds": rounds,
       "round_s_per_model": round_s, "measure_wall_s": time.time() - started,
-      "load_average": load, "cores": os.cpu_count(),
+      "load_average": load, "cores": devices.usable_cores(),
       "models": [{key: value for key, value in entry.items()} for entry in entries],
   }
 

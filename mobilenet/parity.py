@@ -47,14 +47,6 @@ def _import_twin():
   return torch_twin
 
 
-def cores() -> int:
-  """The CPU cores this process may run on: PyTorch's thread count (and the benchmark's)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
 def checkpoint_path(workdir: str) -> str:
   return os.path.join(workdir, checkpoints.SUBDIRECTORY, CHECKPOINT_FILE)
 
@@ -185,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       "nothing to do")
       return {**finished, "already_finished": True}
 
-  threads = cores()
+  threads = devices.usable_cores()
   torch.set_num_threads(threads)
   torch.manual_seed(config.seed)
   net = twin.build_model(config)

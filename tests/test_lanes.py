@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mobilenet import lanes
+from mobilenet import devices, lanes
 
 from conftest import unpinned
 
@@ -136,3 +136,12 @@ def test_the_pin_command_refuses_cores_it_cannot_parse_in_one_line():
                           capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
   assert result.returncode == 2 and "--cpus=x" in result.stderr
+
+
+def test_a_pinned_run_names_the_cores_it_may_use_and_the_machines(monkeypatch):
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+  assert devices.cores_description() == "1 of 2 cores"
+  assert devices.description().endswith(", 1 of 2 cores")
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  assert devices.cores_description() == "2 cores"
