@@ -222,11 +222,12 @@ def ranking(folders: Folders, trials: list[Trial]) -> list[dict]:
     results = report.read_json(folders.kept(item) / "eval_results.json")
     entry = recipes.setdefault(item.recipe, dict(
         recipe=item.recipe, stage=item.stage, changes=dict(item.changes), seeds=[], top1=[],
-        final_train_loss=[], train_wall_s=[]))
+        final_train_loss=[], train_wall_s=[], devices=[]))
     entry["seeds"].append(item.seed)
     entry["top1"].append(results["top1"])
     entry["final_train_loss"].append(final_train_loss(folders.kept(item) / "metrics.jsonl"))
     entry["train_wall_s"].append(results.get("train_wall_s"))
+    entry["devices"].append(results.get("device"))
   ranked = sorted(recipes.values(), key=lambda entry: -sum(entry["top1"]) / len(entry["top1"]))
   for entry in ranked:
     entry["mean_top1"] = sum(entry["top1"]) / len(entry["top1"])
@@ -246,8 +247,8 @@ def markdown(ranked: list[dict], epochs: float, complete: bool) -> str:
            "`python -m mobilenet.tune`; each recipe is the start recipe with the listed changes.",
            "", *([] if complete else ["The search is not finished: later stages are to run.", ""]),
            "| Rank | Recipe | Stage | Changes from the start | Seeds | Held-out top-1 | "
-           "Final train loss | Train time |",
-           "|---:|---|---|---|---:|---:|---:|---:|"]
+           "Final train loss | Train time | Trained on |",
+           "|---:|---|---|---|---:|---:|---:|---:|---|"]
   for rank, entry in enumerate(ranked, 1):
     per_seed = " / ".join(f"{value:.1%}" for value in entry["top1"])
     accuracy = (f"{entry['mean_top1']:.1%}" if len(entry["top1"]) == 1
@@ -256,12 +257,15 @@ def markdown(ranked: list[dict], epochs: float, complete: bool) -> str:
     loss = f"{sum(losses) / len(losses):.3f}" if losses else "n/a"
     times = [value for value in entry["train_wall_s"] if value is not None]
     time = format_duration(sum(times) / len(times)) if times else "n/a"
+    trained_on = " / ".join(dict.fromkeys(device or "n/a" for device in entry["devices"]))
     lines.append(f"| {rank} | {entry['recipe']} | {entry['stage']} | {describe(entry['changes'])} "
-                 f"| {len(entry['seeds'])} | {accuracy} | {loss} | {time} |")
+                 f"| {len(entry['seeds'])} | {accuracy} | {loss} | {time} | {trained_on} |")
   lines += ["", "Start recipe: " + ", ".join(f"{field}={value}" for field, value in START.items()),
             "", "Final train loss: the last logged training loss (label-smoothed where the "
             "recipe smooths, so compare it only between recipes with the same smoothing). "
-            "Train time: the training steps, evaluation excluded (mean over seeds)."]
+            "Train time: the training steps, evaluation excluded (mean over seeds), on the cores "
+            "named in the last column (`1 of 2 cores`: a run in a lane of `--lanes 2`, beside "
+            "another)."]
   return "\n".join(lines) + "\n"
 
 

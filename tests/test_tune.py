@@ -46,7 +46,8 @@ class FakeTrain:
     workdir.mkdir(parents=True)
     (workdir / "config.json").write_text(json.dumps(config))
     (workdir / "eval_results.json").write_text(json.dumps(
-        dict(top1=fake_top1(settings, config["seed"]), train_wall_s=60.0)))
+        dict(top1=fake_top1(settings, config["seed"]), train_wall_s=60.0,
+             device=f"cpu: test, {'1 of 2' if cores else 2} cores")))
     (workdir / "metrics.jsonl").write_text(json.dumps(dict(kind="train", step=5, loss=1.5)) + "\n")
 
 
@@ -145,7 +146,8 @@ def test_two_lanes_train_the_same_trials_each_on_its_own_core_logging_beside_the
   workdirs = [next(arg for arg in command if arg.startswith("--workdir=")).partition("=")[2]
               for command in fake_train.commands]
   assert fake_train.consoles == [f"{workdir}.log" for workdir in workdirs]
-  assert (tmp_path / "two" / "results" / "tuning.md").is_file()
+  assert "| cpu: test, 1 of 2 cores |" in (tmp_path / "two" / "results" / "tuning.md").read_text()
+  assert "| cpu: test, 2 cores |" in (tmp_path / "results" / "tuning.md").read_text()
 
 
 def test_more_lanes_than_cores_stops_before_any_training(tmp_path, fake_train, monkeypatch,
