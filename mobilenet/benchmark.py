@@ -1,7 +1,7 @@
 """Training-step and inference images/s of a config on this device, optionally against PyTorch.
 
   python -m mobilenet.benchmark --config=configs/dws.py [--batch 32] [--resolution 128]
-      [--steps N] [--ops] [--torch] [--json] [--variants=dws,conv]
+      [--steps N] [--ops] [--torch] [--json] [--variants=dws,conv] [--lanes N]
 
 The training step timed is the one train.py runs: `steps.build(config, mesh).train`, with the
 state, optimizer and schedule built by the same function as the trainer's (loss with the
@@ -12,12 +12,17 @@ follow a warm-up. Other jobs on a shared machine skew absolute numbers, so JAX a
 (and the variants) are timed in alternating rounds and compared by their medians: ratios from
 one run are the figures to trust. Like train.py, it runs under tcmalloc where installed
 (mobilenet.allocator; MOBILENET_ALLOCATOR=system for glibc's malloc).
+
+`--lanes N` asks what `sweep --lanes N` buys: it runs this benchmark once on every core, then
+N copies at once, each pinned to its share of the cores (mobilenet.lanes), and compares their
+training images/s in all with the single run's.
 """
 import contextlib
 import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -29,7 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mobilenet import allocator, devices, errors, model, ops, optim, steps
+from mobilenet import allocator, devices, errors, lanes, model, ops, optim, steps
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -43,6 +48,9 @@ flags.DEFINE_bool("torch", False, "Also run the same architecture in PyTorch (CP
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
                   "default: config.model.variant. Other fields come from the config.")
+flags.DEFINE_integer("lanes", 1, "N > 1: this benchmark once on every core, then N copies at "
+                     "once, each pinned to its share of the cores; their training images/s "
+                     "in all against the single run's.")
 FLAGS = flags.FLAGS
 
 OPS_SHAPE = (56, 56, 128)  # the issue's per-op shape: batch x 56 x 56 x 128
@@ -418,6 +426,41 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
   return report
 
 
+def compare_lanes(child_command: list[str], count: int,
+                  run_children: Callable[[list[list[str]]], list[dict]] | None = None
+                  ) -> dict[str, Any]:
+  """The benchmark `child_command` (a --json run) once unpinned, then `count` copies at once,
+  each pinned to one of lanes.cpu_sets(count): the training images/s of each and in all."""
+  run_children = run_children or _run_at_once
+  sets = lanes.cpu_sets(count)
+  single, = run_children([child_command])
+  in_lanes = run_children([lanes.pinned(child_command, cpus) for cpus in sets])
+  total = sum(report["train_images_per_s"] for report in in_lanes)
+  return {"one_run": single, "lanes": in_lanes, "lane_cpus": [list(cpus) for cpus in sets],
+          "lanes_train_images_per_s": total,
+          "lanes_over_one_run": total / single["train_images_per_s"]}
+
+
+def _run_at_once(commands: list[list[str]]) -> list[dict]:
+  """Starts every command, waits for them all; each one's last stdout line, as JSON."""
+  processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for command in commands]
+  outputs = [process.communicate()[0] for process in processes]
+  for command, process in zip(commands, processes):
+    if process.returncode:
+      raise errors.UserError(f"`{' '.join(command)}` exited {process.returncode}")
+  return [json.loads(output.strip().splitlines()[-1]) for output in outputs]
+
+
+def _print_lanes(report: dict[str, Any]) -> None:
+  single = report["one_run"]
+  print(f"device: {single['device']}; {single['variant']} alpha={single['alpha']} "
+        f"{single['resolution']} px, batch {single['batch']}, {single['dtype']}")
+  print(f"one run on {single['threads']} cores: train {single['train_images_per_s']:.1f} img/s")
+  rates = " + ".join(f"{lane['train_images_per_s']:.1f}" for lane in report["lanes"])
+  print(f"{len(report['lanes'])} lanes at once, cores {report['lane_cpus']}: train {rates} = "
+        f"{report['lanes_train_images_per_s']:.1f} img/s ({report['lanes_over_one_run']:.2f}x)")
+
+
 def _print_text(report: dict[str, Any]) -> None:
   print(f"device: {report['device']}; jax {report['jax']}"
         + (f", torch {report['torch']}" if "torch" in report else "")
@@ -469,6 +512,9 @@ def _print_text(report: dict[str, Any]) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.lanes != 1:
+    _main_lanes()
+    return
   decision = allocator.use_fast_allocator()  # re-executes once where tcmalloc is installed
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -481,6 +527,36 @@ def main(argv):
     print(json.dumps(report))
   else:
     _print_text(report)
+
+
+def _child_flags(argv: list[str]) -> list[str]:
+  """This command's flags, less --lanes (and its value) and --json."""
+  kept, skip_value = [], False
+  for arg in argv:
+    if skip_value:
+      skip_value = False
+    elif arg == "--lanes":
+      skip_value = True
+    elif not arg.startswith("--lanes=") and arg not in ("--json", "--nojson"):
+      kept.append(arg)
+  return kept
+
+
+def _main_lanes() -> None:
+  if FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1:
+    print("error: --lanes times the JAX training step of one variant: leave out --torch, --ops "
+          "and a list of --variants", file=sys.stderr)
+    sys.exit(1)
+  child = [sys.executable, "-m", "mobilenet.benchmark", "--json", *_child_flags(sys.argv[1:])]
+  try:
+    report = compare_lanes(child, FLAGS.lanes)
+  except (lanes.LanesError, errors.UserError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  if FLAGS.json:
+    print(json.dumps(report))
+  else:
+    _print_lanes(report)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from mobilenet import allocator, benchmark, devices, model, ops, optim, steps
+from mobilenet import allocator, benchmark, devices, lanes, model, ops, optim, steps
 from configs import dws
+from conftest import unpinned
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,3 +94,26 @@ def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
   assert allocator_lines == [report["allocator_log"]]  # one line, in the process that ran
   expected = allocator.decide(environment, linux=sys.platform.startswith("linux"), cpu_only=True)
   assert report["allocator"] == expected.allocator
+
+
+def test_lanes_compare_one_run_on_every_core_with_pinned_copies_at_once(monkeypatch):
+  monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1, 2, 3])
+  batches = []
+
+  def run_children(commands):
+    batches.append([unpinned(command) for command in commands])
+    return [{"train_images_per_s": 70.0 if len(commands) == 1 else 40.0 + index}
+            for index in range(len(commands))]
+
+  report = benchmark.compare_lanes(["python", "-m", "mobilenet.benchmark", "--json"], 2,
+                                   run_children)
+  assert batches == [[(["python", "-m", "mobilenet.benchmark", "--json"], None)],
+                     [(["python", "-m", "mobilenet.benchmark", "--json"], (0, 1)),
+                      (["python", "-m", "mobilenet.benchmark", "--json"], (2, 3))]]
+  assert report["lanes_train_images_per_s"] == 81.0
+  assert report["lanes_over_one_run"] == pytest.approx(81.0 / 70.0)
+
+
+def test_the_lane_copies_get_this_commands_flags_but_lanes_and_json():
+  assert benchmark._child_flags(["--lanes", "2", "--batch=64", "--json", "--lanes=3",
+                                 "--resolution", "128"]) == ["--batch=64", "--resolution", "128"]
