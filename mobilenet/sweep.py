@@ -36,6 +36,7 @@ Each row's train.py picks its malloc itself (mobilenet.allocator: tcmalloc where
 MOBILENET_ALLOCATOR=system for glibc's).
 """
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -177,23 +178,20 @@ def run_command(command: list[str], cpus: Optional[tuple[int, ...]] = None,
   """Runs one step of a row as its own process, echoed first; pinned to `cpus` and its console
   appended to `log` where given. Raises CalledProcessError naming the command as given."""
   line = "$ " + " ".join(map(str, command))
-  if log is None:
-    print(line, flush=True)
-  else:
-    print(f"{line}  [cores {','.join(map(str, cpus or ()))}; console in {log}]", flush=True)
-  try:
-    if log is None:
-      subprocess.run(lanes.pinned(command, cpus), cwd=PROJECT_ROOT, check=True,
-                     env=dict(os.environ))
-      return
+  where = "" if log is None else f"  [cores {','.join(map(str, cpus or ()))}; console in {log}]"
+  print(line + where, flush=True)
+  if log is not None:
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as console:
+  with open(log, "a", encoding="utf-8") if log else contextlib.nullcontext() as console:
+    if console:
       console.write(line + "\n")
       console.flush()
+    try:
       subprocess.run(lanes.pinned(command, cpus), cwd=PROJECT_ROOT, check=True,
-                     env=dict(os.environ), stdout=console, stderr=subprocess.STDOUT)
-  except subprocess.CalledProcessError as error:
-    raise subprocess.CalledProcessError(error.returncode, list(command)) from None
+                     env=dict(os.environ), stdout=console,
+                     stderr=subprocess.STDOUT if console else None)
+    except subprocess.CalledProcessError as error:
+      raise subprocess.CalledProcessError(error.returncode, list(command)) from None
 
 
 def keep_results(workdir: pathlib.Path, destination: pathlib.Path) -> None:
@@ -218,6 +216,21 @@ def failure_message(name: str, error: subprocess.CalledProcessError,
           f"{remedy}{console}")
 
 
+def console_log(workdir: pathlib.Path, cpus: Optional[tuple[int, ...]]) -> Optional[pathlib.Path]:
+  """Where a run writes its console: this one (None) unless it runs in a lane."""
+  return None if cpus is None else lanes.log_file(workdir)
+
+
+def run_training(name: str, command: list[str], workdir: pathlib.Path,
+                 cpus: Optional[tuple[int, ...]]) -> None:
+  """Runs a row's or a trial's train.py; raises RunFailed naming it and how to resume."""
+  log = console_log(workdir, cpus)
+  try:
+    run_command(command, cpus, log)
+  except subprocess.CalledProcessError as error:
+    raise RunFailed(failure_message(name, error, log)) from None
+
+
 def export_command(row: Row, runs: pathlib.Path) -> list[str]:
   return [sys.executable, "-m", "mobilenet.export", f"--workdir={runs / row.name}", "--int8"]
 
@@ -237,12 +250,9 @@ def train(row: Row, runs: pathlib.Path, extra_flags: list[str],
           cpus: Optional[tuple[int, ...]] = None) -> None:
   """Trains the row in `runs` (pinned to `cpus` where given), exports it, and keeps its results;
   raises RunFailed."""
-  log = None if cpus is None else lanes.log_file(runs / row.name)
-  try:
-    run_command([sys.executable, "train.py", f"--config={row.config}",
-                 f"--workdir={runs / row.name}", *extra_flags], cpus, log)
-  except subprocess.CalledProcessError as error:
-    raise RunFailed(failure_message(row.name, error, log)) from None
+  run_training(row.name, [sys.executable, "train.py", f"--config={row.config}",
+                          f"--workdir={runs / row.name}", *extra_flags], runs / row.name, cpus)
+  log = console_log(runs / row.name, cpus)
   try:
     export(row, runs, cpus, log)
   except subprocess.CalledProcessError as error:

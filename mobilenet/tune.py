@@ -14,15 +14,14 @@ that a rerun resumes where it stopped (each run also resumes from its own checkp
      two or more did;
   4. a second seed of the winner and of the runner-up, so that the choice is not noise.
 `--lanes N` trains up to N decided trials at once, each pinned to its share of the cores (see
-mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in `--workdirs/<name>`; finished runs keep their
-eval_results.json, config.json and metrics.jsonl in `--results/runs/<name>`, and the ranked
-table (held-out top-1, final training loss, training time) and its plot go to `--results`.
+mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in
+`--workdirs/<name>`; finished runs keep their eval_results.json, config.json and metrics.jsonl
+in `--results/runs/<name>`, and the ranked table (held-out top-1, final training loss, training time) and its plot go to `--results`.
 """
 import argparse
 import dataclasses
 import json
 import pathlib
-import subprocess
 import sys
 from typing import Any, Optional
 
@@ -181,12 +180,8 @@ def run(folders: Folders, item: Trial, cpus: Optional[tuple[int, ...]] = None) -
   """Trains the trial (resuming its workdir; pinned to `cpus` where given) and keeps its
   results; raises sweep.RunFailed."""
   workdir = folders.workdirs / item.name
-  log = None if cpus is None else lanes.log_file(workdir)
-  try:
-    sweep.run_command([sys.executable, "train.py", f"--config={item.config}",
-                       f"--workdir={workdir}", *item.flags()], cpus, log)
-  except subprocess.CalledProcessError as error:
-    raise sweep.RunFailed(sweep.failure_message(item.name, error, log)) from None
+  sweep.run_training(item.name, [sys.executable, "train.py", f"--config={item.config}",
+                                 f"--workdir={workdir}", *item.flags()], workdir, cpus)
   sweep.keep_results(workdir, folders.kept(item))
 
 

@@ -255,8 +255,8 @@ def test_an_export_that_merges_no_figures_stops_the_sweep(folders, capsys, monke
 def test_a_failed_training_names_its_command_and_skips_the_export(folders, capsys, monkeypatch):
   calls = []
 
-  def failing_train(command, *, cwd, check, env):
-    del cwd, check, env
+  def failing_train(command, *, cwd, check, env, stdout, stderr):
+    del cwd, check, env, stdout, stderr
     calls.append(command)
     raise subprocess.CalledProcessError(3, command)
 
