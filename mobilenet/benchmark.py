@@ -513,20 +513,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.lanes != 1:
-    _main_lanes()
-    return
-  decision = allocator.use_fast_allocator()  # re-executes once where tcmalloc is installed
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    measure, print_text = _measure_lanes, _print_lanes
+  else:
+    decision = allocator.use_fast_allocator()  # re-executes once where tcmalloc is installed
+    if not FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    measure, print_text = (lambda: run(FLAGS.config, decision)), _print_text
   try:
-    report = run(FLAGS.config, decision)
-  except errors.UserError as error:
+    report = measure()
+  except (errors.UserError, lanes.LanesError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   if FLAGS.json:
     print(json.dumps(report))
   else:
-    _print_text(report)
+    print_text(report)
 
 
 def _child_flags(argv: list[str]) -> list[str]:
@@ -542,21 +543,12 @@ def _child_flags(argv: list[str]) -> list[str]:
   return kept
 
 
-def _main_lanes() -> None:
+def _measure_lanes() -> dict[str, Any]:
   if FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1:
-    print("error: --lanes times the JAX training step of one variant: leave out --torch, --ops "
-          "and a list of --variants", file=sys.stderr)
-    sys.exit(1)
+    raise errors.UserError("--lanes times the JAX training step of one variant: leave out "
+                           "--torch, --ops and a list of --variants")
   child = [sys.executable, "-m", "mobilenet.benchmark", "--json", *_child_flags(sys.argv[1:])]
-  try:
-    report = compare_lanes(child, FLAGS.lanes)
-  except (lanes.LanesError, errors.UserError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
-  if FLAGS.json:
-    print(json.dumps(report))
-  else:
-    _print_lanes(report)
+  return compare_lanes(child, FLAGS.lanes)
 
 
 if __name__ == "__main__":

@@ -185,17 +185,24 @@ def run(folders: Folders, item: Trial, cpus: Optional[tuple[int, ...]] = None) -
   sweep.keep_results(workdir, folders.kept(item))
 
 
+def next_trial(folders: Folders, epochs: float, running: set[str]) -> Optional[Trial]:
+  """The first decided trial that has neither finished nor started; None when there is none
+  now, or when a decided trial is stale (main reports it)."""
+  # A running trial's workdir is being written by its train.py; it was checked at its start.
+  idle = [item for item in plan(folders, epochs)[0] if item.name not in running]
+  missing = [item for item in idle if not folders.finished(item)]
+  if not missing or stale_reasons(folders, idle):
+    return None
+  return missing[0]
+
+
 def train_decided(folders: Folders, epochs: float, lane_count: int) -> None:
   """Trains every decided trial that has not finished, `lane_count` at a time; a finished trial
-  may decide the next stage. Starts nothing once a decided trial is stale (main reports it);
-  raises sweep.RunFailed."""
+  may decide the next stage. Raises sweep.RunFailed."""
 
   def next_job(running: set[str]) -> Optional[lanes.Job]:
-    trials, _ = plan(folders, epochs)
-    missing = [item for item in trials if not folders.finished(item) and item.name not in running]
-    if not missing or stale_reasons(folders, trials):
-      return None
-    return lanes.Job(missing[0].name, lambda cpus, item=missing[0]: run(folders, item, cpus))
+    item = next_trial(folders, epochs, running)
+    return None if item is None else lanes.Job(item.name, lambda cpus: run(folders, item, cpus))
 
   lanes.run_side_by_side(next_job, lane_count)
 

@@ -156,3 +156,12 @@ def test_more_lanes_than_cores_stops_before_any_training(tmp_path, fake_train, m
   assert _main(tmp_path, "--lanes", "3") == 2
   assert "--lanes=3: this process may use 2 cores" in capsys.readouterr().err
   assert not fake_train.commands
+
+
+def test_the_next_trial_is_chosen_without_reading_a_running_trials_half_written_config(
+    tmp_path):
+  folders = tune.Folders(tmp_path / "runs", tmp_path / "results")
+  first, second = tune.plan(folders, 5.0)[0][:2]
+  (folders.workdirs / first.name).mkdir(parents=True)
+  (folders.workdirs / first.name / "config.json").write_text('{"optimizer": ')  # being written
+  assert tune.next_trial(folders, 5.0, {first.name}) == second
