@@ -90,8 +90,8 @@ def run_side_by_side(next_job: Callable[[set[str]], Optional[Job]], lanes: int) 
 
 
 def log_file(workdir: pathlib.Path) -> pathlib.Path:
-  """Where a run in a lane writes its console: beside its workdir (the run may not have made
-  the workdir yet, and a finished run's folder is copied whole)."""
+  """Where a run in a lane writes its console: `<workdir>.log`, beside the workdir rather than
+  in it, so that the workdir holds only what train.py and the export write there."""
   return workdir.with_name(workdir.name + ".log")
 
 

@@ -16,7 +16,8 @@ that a rerun resumes where it stopped (each run also resumes from its own checkp
 `--lanes N` trains up to N decided trials at once, each pinned to its share of the cores (see
 mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in
 `--workdirs/<name>`; finished runs keep their eval_results.json, config.json and metrics.jsonl
-in `--results/runs/<name>`, and the ranked table (held-out top-1, final training loss, training time) and its plot go to `--results`.
+in `--results/runs/<name>`, and the ranked table (held-out top-1, final training loss, training
+time) and its plot go to `--results`.
 """
 import argparse
 import dataclasses
