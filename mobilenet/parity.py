@@ -10,8 +10,9 @@ batches train.py sees at each step (Dataset.train_batches for (seed, step)), opt
 at each step, its weight-decay mask and placement, gradient clipping, label smoothing, dropout,
 the parameter EMA that evaluation uses, and evaluation over every example of the eval split
 once. It writes what train.py writes (metrics.jsonl, config.json, eval_results.json with
-framework "torch"), evaluates on train.py's schedule, and saves a checkpoint at each evaluation:
-the same command resumes, on the same batches; a finished run says so and exits 0.
+framework "torch"), evaluates on train.py's schedule, and saves a checkpoint at each evaluation
+and on SIGTERM (then exits as train.py does): the same command resumes, on the same batches; a
+finished run says so and exits 0.
 
 `compare` reads finished runs of both frameworks and writes <out>/parity.json (final top-1 per
 seed, means, spreads, per-epoch curves) and <out>/parity.png (val top-1 per epoch).
@@ -220,7 +221,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     last_logged = time.perf_counter()  # step times exclude evaluation
     return totals
 
-  try:
+  with trainer.Preemption() as preemption, contextlib.closing(writer):
     for step in range(start_step, total_steps):
       images, labels = to_torch(next(batches), torch)
       for group in optimizer.param_groups:
@@ -259,6 +260,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         f"{len(pending) * global_batch / max(elapsed, 1e-9):7.1f} img/s")
         pending = []
         last_logged = time.perf_counter()
+      if preemption.requested:
+        train_seconds += time.perf_counter() - last_logged
+        _save(path, done, net, optimizer, average, config, torch,
+              (train_seconds_before or 0.0) + train_seconds)
+        metrics.console(f"SIGTERM received: saved the checkpoint of step {done}; exiting. "
+                        "Run the same command to resume.")
+        return {"preempted_at": done}
       if done % eval_every == 0 and done != total_steps:
         evaluate_and_log(done)  # before the save: a kill in between re-evaluates, never skips
         _save(path, done, net, optimizer, average, config, torch,
@@ -267,8 +275,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       _save(path, total_steps, net, optimizer, average, config, torch,
             (train_seconds_before or 0.0) + train_seconds)
     totals = evaluate_and_log(total_steps)
-  finally:
-    writer.close()
   extra = {"framework": FRAMEWORK, "torch": torch.__version__, "threads": threads}
   if images_seen:
     extra.update(session_train_wall_s=train_seconds,
@@ -418,7 +424,8 @@ def _train_command() -> None:
       raise app.UsageError(USAGE)
     _import_twin().check_optimizer(flags.FLAGS.config.optimizer)  # before any workdir is made
     config, workdir = cli.prepare(flags.FLAGS.config, flags.FLAGS.workdir, for_training=True)
-    train_and_evaluate(config, workdir)
+    if "preempted_at" in train_and_evaluate(config, workdir):
+      sys.exit(trainer.EXIT_PREEMPTED)
 
   cli.run(main, takes_arguments=True)
 

@@ -4,6 +4,7 @@ Skipped where PyTorch (an optional, benchmark-only dependency) is not installed.
 import contextlib
 import json
 import pathlib
+import signal
 
 import jax
 import numpy as np
@@ -159,12 +160,21 @@ class Killed(BaseException):
   """Where the process would die: nothing after the step runs, no handler catches it."""
 
 
+def _kill():
+  raise Killed()
+
+
+def _send_sigterm():
+  """As preemption arrives, but delivered to this process at a chosen step, not at a moment."""
+  signal.raise_signal(signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _killed_after_step(step: int):
-  def kill(done):
+def _after_step(step: int, action):
+  def hook(done):
     if done == step:
-      raise Killed()
-  previous, trainer.HOOKS.step_done = trainer.HOOKS.step_done, kill
+      action()
+  previous, trainer.HOOKS.step_done = trainer.HOOKS.step_done, hook
   try:
     yield
   finally:
@@ -182,7 +192,7 @@ def tiny_runs(tmp_path_factory):
   whole.mkdir()
   parity.train_and_evaluate(config, str(whole))
   with pytest.raises(Killed):
-    with _killed_after_step(3):
+    with _after_step(3, _kill):
       parity.train_and_evaluate(config, str(resumed))
   assert torch.load(parity.checkpoint_path(str(resumed)), weights_only=True)["step"] == 2
   parity.train_and_evaluate(config, str(resumed))
@@ -221,9 +231,25 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_run_ends_with(tiny_runs, 
   assert (resumed / "metrics.jsonl").read_text() == before
 
 
+def test_a_sigterm_saves_the_step_it_arrived_at_and_the_run_resumes_to_the_uninterrupted_end(
+    tiny_runs, tmp_path):
+  folder, whole, _ = tiny_runs
+  preempted = tmp_path / "preempted"
+  with _after_step(3, _send_sigterm):
+    assert parity.train_and_evaluate(_config(folder), str(preempted)) == {"preempted_at": 3}
+  assert torch.load(parity.checkpoint_path(str(preempted)), weights_only=True)["step"] == 3
+  assert not (preempted / "eval_results.json").exists()
+  parity.train_and_evaluate(_config(folder), str(preempted))
+  ends = [torch.load(parity.checkpoint_path(str(w)), weights_only=True) for w in (whole, preempted)]
+  assert ends[1]["step"] == 4
+  for name, value in ends[0]["model"].items():
+    assert torch.equal(value, ends[1]["model"][name]), name
+
+
 def test_compare_writes_the_parity_record_and_plot(tiny_runs, tmp_path, capsys):
   _, whole, resumed = tiny_runs
-  jax_runs = [str(PROJECT_ROOT / "results" / "runs" / f"dws_a1_r128_s{seed}") for seed in (0, 1)]
+  committed_runs = PROJECT_ROOT / "results" / "untuned_10_epochs" / "runs"
+  jax_runs = [str(committed_runs / f"dws_a1_r128_s{seed}") for seed in (0, 1)]
   out = tmp_path / "parity"
   assert parity.compare_main(["--jax", *jax_runs, "--torch", str(whole), str(resumed),
                               "--out", str(out)]) == 0
