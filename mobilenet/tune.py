@@ -12,7 +12,9 @@ that a rerun resumes where it stopped (each run also resumes from its own checkp
      smoothing, dropout, minimum crop area, batch size, parameter EMA (FACTORS);
   3. stage 1's best with every change of stage 2 that helped (the best one per factor), when
      two or more did;
-  4. a second seed of the winner and of the runner-up, so that the choice is not noise.
+  4. a second seed of the winner and of the runner-up, so that the choice is not noise, and of
+     the start, so that the gain is weighed against the start's own spread (this one is decided
+     with stage 2 and trains beside stage 3: no stage waits for it).
 `--lanes N` trains up to N decided trials at once, each pinned to its share of the cores (see
 mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in
 `--workdirs/<name>`; finished runs keep their eval_results.json, config.json and metrics.jsonl
@@ -133,8 +135,14 @@ def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
   base = best(folders, stage1)
   variants = {factor: [trial({**dict(base.changes), **change}, epochs, f"2: {factor}")
                        for change in changes] for factor, changes in FACTORS.items()}
-  trials += [item for items in variants.values() for item in items]
-  if not all(map(folders.finished, trials)):
+  stage2 = [item for items in variants.values() for item in items]
+  # The start's second seed measures the noise the tuned recipe's gain is judged against; no
+  # stage waits for it, so it trains beside stage 3, in the lane that would otherwise be idle.
+  start = next(item for item in stage1
+               if dict(item.changes)["optimizer.learning_rate"] == START["optimizer.learning_rate"])
+  start_again = dataclasses.replace(start, seed=SECOND_SEED, stage="4: second seed")
+  trials += [*stage2, start_again]
+  if not all(map(folders.finished, stage1 + stage2)):
     return trials, False
 
   gains = []  # (gain over base, factor, change) of the best variant of each factor that helped
@@ -155,9 +163,11 @@ def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
       if not folders.finished(candidate):
         return trials, False
 
-  first, second = sorted(trials, key=lambda item: -folders.top1(item))[:2]
-  trials += [dataclasses.replace(item, seed=SECOND_SEED, stage="4: second seed")
-             for item in (first, second)]
+  first_seeds = [item for item in trials if item.seed == 0]
+  first, second = sorted(first_seeds, key=lambda item: -folders.top1(item))[:2]
+  again = [dataclasses.replace(item, seed=SECOND_SEED, stage="4: second seed")
+           for item in (first, second)]
+  trials += [item for item in again if item != start_again]
   return trials, True
 
 

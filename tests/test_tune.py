@@ -100,11 +100,31 @@ def test_winner_and_runner_up_get_a_second_seed_and_rank_by_their_mean(tmp_path,
   ranked = json.loads((tmp_path / "results" / "tuning.json").read_text())
   assert ranked["complete"]
   assert [entry["seeds"] for entry in ranked["recipes"][:2]] == [[0, 1], [0, 1]]
-  assert all(entry["seeds"] == [0] for entry in ranked["recipes"][2:])
+  assert all(entry["seeds"] == [0] for entry in ranked["recipes"][2:]
+             if entry["changes"] != {"optimizer.learning_rate": 0.4})  # the start's: below
   means = [entry["mean_top1"] for entry in ranked["recipes"]]
   assert means == sorted(means, reverse=True)
   assert (tmp_path / "results" / "tuning.png").is_file()
   assert "| 1 | " in (tmp_path / "results" / "tuning.md").read_text()
+
+
+def test_the_start_gets_a_second_seed_that_no_later_stage_waits_for(tmp_path, fake_train):
+  folders = tune.Folders(tmp_path / "runs", tmp_path / "results")
+  for item in tune.plan(folders, 5.0)[0]:  # stage 1
+    tune.run(folders, item)
+  trials, _ = tune.plan(folders, 5.0)
+  start_again = tune.trial({"optimizer.learning_rate": 0.4}, 5.0, "4: second seed", seed=1)
+  assert trials[-1] == start_again  # decided with stage 2, trained after it
+  for item in trials[:-1]:
+    if not folders.finished(item):
+      tune.run(folders, item)
+  trials, _ = tune.plan(folders, 5.0)
+  assert "3: combined" in {item.stage for item in trials}  # stage 3 did not wait for it
+  assert tune.next_trial(folders, 5.0, set()) == start_again
+  assert _main(tmp_path) == 0
+  ranked = json.loads((tmp_path / "results" / "tuning.json").read_text())["recipes"]
+  start = next(entry for entry in ranked if entry["changes"] == {"optimizer.learning_rate": 0.4})
+  assert start["seeds"] == [0, 1]
 
 
 def test_a_rerun_of_a_finished_search_trains_nothing(tmp_path, fake_train):
