@@ -138,9 +138,8 @@ def plan(folders: Folders, epochs: float) -> tuple[list[Trial], bool]:
   stage2 = [item for items in variants.values() for item in items]
   # The start's second seed measures the noise the tuned recipe's gain is judged against; no
   # stage waits for it, so it trains beside stage 3, in the lane that would otherwise be idle.
-  start = next(item for item in stage1
-               if dict(item.changes)["optimizer.learning_rate"] == START["optimizer.learning_rate"])
-  start_again = dataclasses.replace(start, seed=SECOND_SEED, stage="4: second seed")
+  start_again = trial({"optimizer.learning_rate": START["optimizer.learning_rate"]}, epochs,
+                      "4: second seed", seed=SECOND_SEED)
   trials += [*stage2, start_again]
   if not all(map(folders.finished, stage1 + stage2)):
     return trials, False

@@ -14,6 +14,9 @@ from conftest import unpinned
 
 TABLE5 = sweep.TABLES["table5"]
 TABLE5_DWS, TABLE5_SHALLOW = TABLE5[:2]
+# What the sweep asks of every run today, from the configs: the tests follow a retuned protocol.
+PROTOCOL_EPOCHS = sweep.default_epochs("dws")
+PROTOCOL_MIN_AREA = sweep.requested_config(TABLE5_SHALLOW.config, [])["data"]["min_area"]
 
 
 @pytest.fixture
@@ -111,7 +114,7 @@ def test_dry_run_lists_rows_as_done_missing_or_stale_with_the_field(folders, cap
   out = capsys.readouterr().out
   assert f"{TABLE5_DWS.name:<24} stale" in out
   assert f"{TABLE5_SHALLOW.name:<24} missing" in out
-  assert f"train.num_epochs=3.0, the sweep now asks for {sweep.default_epochs('dws')}" in out
+  assert f"train.num_epochs=3.0, the sweep now asks for {PROTOCOL_EPOCHS}" in out
 
 
 def test_a_result_made_with_another_protocol_stops_the_sweep_before_any_training(
@@ -123,7 +126,7 @@ def test_a_result_made_with_another_protocol_stops_the_sweep_before_any_training
   assert sweep.main(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   assert error.startswith(f"error: {folders / 'results' / 'runs' / TABLE5_DWS.name} was trained "
-                          f"with train.num_epochs=3.0, the sweep now asks for {sweep.default_epochs('dws')} "
+                          f"with train.num_epochs=3.0, the sweep now asks for {PROTOCOL_EPOCHS} "
                           "(and 1 more);")
   assert "\n" not in error
   assert not fake.calls
@@ -135,9 +138,8 @@ def test_an_unfinished_run_started_with_other_settings_is_refused(folders, capsy
              data__min_area=0.08)
   monkeypatch.setattr(subprocess, "run", FakeTrain())
   assert sweep.main(["table5"]) == 1
-  asked = sweep.requested_config(TABLE5_SHALLOW.config, [])["data"]["min_area"]
-  assert (f"holds a run started with data.min_area=0.08, the sweep now asks for {asked}; "
-          "delete it") in capsys.readouterr().err
+  assert (f"holds a run started with data.min_area=0.08, the sweep now asks for "
+          f"{PROTOCOL_MIN_AREA}; delete it") in capsys.readouterr().err
 
 
 def test_paths_logging_and_implementation_choices_do_not_make_a_result_stale(folders):
@@ -329,9 +331,8 @@ def test_unfinished_runs_are_checked_for_staleness_where_the_runs_flag_says(fold
   out = capsys.readouterr().out
   assert f"{TABLE5_SHALLOW.name:<24} stale" in out
   assert f"{TABLE5_DWS.name:<24} missing" in out
-  asked = sweep.requested_config(TABLE5_SHALLOW.config, [])["data"]["min_area"]
   assert (f"stale: {elsewhere / TABLE5_SHALLOW.name} holds a run started with "
-          f"data.min_area=0.08, the sweep now asks for {asked}") in out
+          f"data.min_area=0.08, the sweep now asks for {PROTOCOL_MIN_AREA}") in out
 
 
 def test_a_relative_runs_folder_is_taken_from_where_the_sweep_is_started(folders, monkeypatch):
@@ -404,17 +405,17 @@ def test_schedule_trains_the_missing_rows_then_writes_its_table_json_and_plot(
 
 def test_a_schedule_row_at_the_configs_own_epoch_count_is_the_table_row_and_serves_as_is(
     folders, monkeypatch):
-  default = sweep.default_epochs("dws")
-  assert sweep.schedule_row("dws", default, 1) == sweep.Row("dws", seed=1)
+  assert sweep.schedule_row("dws", PROTOCOL_EPOCHS, 1) == sweep.Row("dws", seed=1)
   table_run = sweep.Row("dws", seed=1)
   _write_run(folders / "results" / "runs" / "dws_a1_r128_s1", table_run)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["schedule", "--epochs", f"{default:g}", "--variants", "dws",
+  assert sweep.main(["schedule", "--epochs", f"{PROTOCOL_EPOCHS:g}", "--variants", "dws",
                      "--seeds", "1"]) == 0
   assert not fake.calls
   document = json.loads((folders / "results" / "schedule" / "schedule.json").read_text())
-  assert [(point["epochs"], point["seeds"]) for point in document["points"]] == [(default, [1])]
+  points = [(point["epochs"], point["seeds"]) for point in document["points"]]
+  assert points == [(PROTOCOL_EPOCHS, [1])]
 
 
 def test_the_schedule_report_shows_study_runs_of_earlier_commands_but_not_stale_ones(
@@ -476,8 +477,7 @@ def test_combined_reports_every_finished_table_row_beside_the_paper_and_trains_n
   markdown = (out / "results.md").read_text()
   for model in ("Conv MobileNet", "1.0 MobileNet-128", "0.75 MobileNet-128", "1.0 MobileNet-112"):
     assert f"| {model} |" in markdown
-  epochs = sweep.default_epochs("dws")
-  mean = (_top1(epochs, 0) + _top1(epochs, 1)) / 2
+  mean = (_top1(PROTOCOL_EPOCHS, 0) + _top1(PROTOCOL_EPOCHS, 1)) / 2
   assert f"| 1.0 MobileNet-128 | {100 * mean:.1f}% ± 0.5 (2 seeds) |" in markdown  # one point
   assert "Paper: ImageNet" in markdown
   _, width, _ = image.imread(out / "accuracy_vs_mult_adds.png").shape
