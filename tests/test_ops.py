@@ -240,9 +240,11 @@ def test_unknown_impl_names_the_field(field, call):
     call()
 
 
-def _model_logits_and_grads(impls, dtype, variant="dws"):
-  """For each (depthwise, pointwise, standard) impl: eval and train logits, eval- and train-mode
-  grads."""
+def _model_outputs(impls, dtype, variant="dws", mode="eval"):
+  """For each (depthwise, pointwise, standard) impl, a dict of what the tests compare: in `eval`
+  mode the eval logits, the train logits and the grads through inference-mode BatchNorm; in
+  `train` mode the train logits and the training-mode grads. Only what is compared is computed:
+  the 27-layer backward passes of four impls are most of this file's time."""
   batch, resolution = 4, 40
   images = _random((batch, resolution, resolution, 3), seed=13).astype(dtype)
   labels = jnp.arange(batch) % 5
@@ -251,21 +253,26 @@ def _model_logits_and_grads(impls, dtype, variant="dws"):
       dtype=jnp.dtype(dtype).name)
   variables = jax.jit(make(*impls[0]).init)(jax.random.key(0), images)
 
-  def logits_and_grads(net, variables, images):
-    def loss(params, train):
+  def outputs(net, variables, images):
+    def forward(params, train):
       logits = net.apply({**variables, "params": params}, images, train=train,
                          rngs={"dropout": jax.random.key(1)},
                          mutable=["batch_stats"] if train else False)
-      logits = logits[0] if train else logits
+      return logits[0] if train else logits
+
+    def loss(params, train):
+      logits = forward(params, train)
       return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(batch), labels]), logits
     grad = jax.value_and_grad(loss, has_aux=True)
+    if mode == "train":
+      (_, train_logits), train_grads = grad(variables["params"], True)
+      return {"train_logits": train_logits, "train_grads": train_grads}
     (_, eval_logits), eval_grads = grad(variables["params"], False)
-    (_, train_logits), train_grads = grad(variables["params"], True)
-    return eval_logits, train_logits, eval_grads, train_grads
+    return {"eval_logits": eval_logits, "eval_grads": eval_grads,
+            "train_logits": forward(variables["params"], True)}
 
   # Arrays go in as arguments: closed over, they would be constants that XLA folds at length.
-  return jax.jit(lambda v, x: [logits_and_grads(make(*impl), v, x) for impl in impls])(
-      variables, images)
+  return jax.jit(lambda v, x: [outputs(make(*impl), v, x) for impl in impls])(variables, images)
 
 
 # `auto` is what training uses (on CPU: ffi where the kernel builds, else shifted; matmul;
@@ -284,11 +291,13 @@ def test_model_impls_share_params_logits_and_grads():
 
   In float32, logits and the gradients through inference-mode BatchNorm match to rounding.
   """
-  expected, *others = _model_logits_and_grads(MODEL_IMPLS, jnp.float32)
+  expected, *others = _model_outputs(MODEL_IMPLS, jnp.float32)
   for impl, actual in zip(MODEL_IMPLS[1:], others):
-    _assert_close(actual[0], expected[0], f"{'/'.join(impl)} eval logits")
-    _assert_close(actual[1], expected[1], f"{'/'.join(impl)} train logits")
-    _assert_grads_close(actual[2], expected[2], f"{'/'.join(impl)} eval-mode grad", 1e-4)
+    _assert_close(actual["eval_logits"], expected["eval_logits"], f"{'/'.join(impl)} eval logits")
+    _assert_close(actual["train_logits"], expected["train_logits"],
+                  f"{'/'.join(impl)} train logits")
+    _assert_grads_close(actual["eval_grads"], expected["eval_grads"],
+                        f"{'/'.join(impl)} eval-mode grad", 1e-4)
 
 
 def test_model_impls_share_training_mode_grads_in_float64():
@@ -299,18 +308,19 @@ def test_model_impls_share_training_mode_grads_in_float64():
   is float32 only: in float64 `auto` runs `shifted`, so the explicit `shifted` row is left out.)"""
   impls = [impl for impl in MODEL_IMPLS if impl[0] != "shifted"]
   with jax.enable_x64(True):
-    expected, *others = _model_logits_and_grads(impls, jnp.float64)
+    expected, *others = _model_outputs(impls, jnp.float64, mode="train")
   for impl, actual in zip(impls[1:], others):
-    _assert_grads_close(actual[3], expected[3], f"{'/'.join(impl)} train-mode grad", 1e-8)
+    _assert_grads_close(actual["train_grads"], expected["train_grads"],
+                        f"{'/'.join(impl)} train-mode grad", 1e-8)
 
 
 def test_conv_mobilenet_matmul_grad_matches_lax_in_float64():
   """Conv MobileNet: every layer a full 3x3 conv; see the float64 test above for why float64."""
   impls = [("grouped", "conv", "conv"), ("grouped", "conv", "matmul_grad")]
   with jax.enable_x64(True):
-    expected, actual = _model_logits_and_grads(impls, jnp.float64, variant="conv")
-  _assert_close(actual[1], expected[1], "train logits", 1e-10)
-  _assert_grads_close(actual[3], expected[3], "train-mode grad", 1e-8)
+    expected, actual = _model_outputs(impls, jnp.float64, variant="conv", mode="train")
+  _assert_close(actual["train_logits"], expected["train_logits"], "train logits", 1e-10)
+  _assert_grads_close(actual["train_grads"], expected["train_grads"], "train-mode grad", 1e-8)
 
 
 def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
