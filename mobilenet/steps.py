@@ -134,7 +134,9 @@ class Evaluation:
 def build_evaluation(config: ml_collections.ConfigDict, mesh: Mesh) -> Evaluation:
   net = model.from_config(config.model)
   replicated = NamedSharding(mesh, PartitionSpec())
-  variables = jax.eval_shape(functools.partial(net.init, train=False), jax.random.key(0),
+  # The key is made inside the abstract call: made eagerly, it would compile two small programs,
+  # and a workdir that cannot resume is refused before anything compiles.
+  variables = jax.eval_shape(lambda images: net.init(jax.random.key(0), images, train=False),
                              _input_shape(config))
   abstract = _with_sharding({"params": variables["params"],
                              "batch_stats": variables["batch_stats"],
