@@ -860,20 +860,23 @@ def eval_curve(point: SchedulePoint, run: Run) -> EvalCurve:
 
 
 def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str:
-  header = ["Model", "Epochs", "Seeds", "Top-1", "Million Mult-Adds", "Train time"]
+  header = ["Model", "Epochs", "Seeds", "Top-1", "Million Mult-Adds", "Train time", "Device"]
+  # Sittings of one study run on machines of different speeds: the train time means nothing
+  # without the device beside it.
   cells = [[point.model, f"{point.epochs:g}",
             ", ".join("—" if run.seed is None else str(run.seed) for run in point.row.runs),
             format_accuracy(point.row), f"{point.row.mult_adds / 1e6:.0f}",
-            format_duration_or_dash(mean_if_any(measured(point.row.runs, "train_wall_s")))]
+            format_duration_or_dash(mean_if_any(measured(point.row.runs, "train_wall_s"))),
+            "; ".join(sorted({run.device for run in point.row.runs}))]
            for point in points]
   runs = [run for point in points for run in point.row.runs]
   datasets = ", ".join(sorted({dataset_label(run.dataset) for run in runs}))
-  devices = "; ".join(sorted({run.device for run in runs}))
-  lines = [f"# {title}", "", *markdown_table(header, cells, text_columns=("Model", "Seeds")), "",
+  lines = [f"# {title}", "",
+           *markdown_table(header, cells, text_columns=("Model", "Seeds", "Device")), "",
            f"Top-1 on the evaluation split ({datasets}) at the end of training; where a model "
            "has several seeds, their mean ± half the range, (max − min) / 2, in percentage "
            "points. Train time: the training steps of one run, evaluation excluded, mean over "
-           f"the seeds; on {devices}.", "",
+           "the seeds, on the device (or devices) of its row: a run's last sitting names it.", "",
            f"{SCHEDULE_PLOT_FILENAME}: top-1 against the number of epochs (a line per model, a "
            "dot per seed), and each run's top-1 after every evaluation during training, from "
            f"its {metrics.FILENAME}: how far from convergence each schedule ends."]

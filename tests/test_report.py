@@ -536,9 +536,11 @@ def test_schedule_table_has_a_row_per_model_and_epoch_count_with_seeds_merged(sc
   markdown = (schedule_report / "schedule.md").read_text()
   assert markdown.startswith("# Study")
   assert table_rows(markdown, "# Study") == [
-      ["1.0 MobileNet-128", "5", "0, 1", "61.0% ± 1.0 (2 seeds)", "186", "5m00s"],
-      ["1.0 MobileNet-128", "20", "0, 1", "80.5% ± 0.5 (2 seeds)", "186", "20m00s"],
-      ["Conv MobileNet", "5", "0", "70.0%", "1606", "5m00s"]]
+      ["1.0 MobileNet-128", "5", "0, 1", "61.0% ± 1.0 (2 seeds)", "186", "5m00s",
+       "cpu: AMD EPYC x2"],
+      ["1.0 MobileNet-128", "20", "0, 1", "80.5% ± 0.5 (2 seeds)", "186", "20m00s",
+       "cpu: AMD EPYC x2"],
+      ["Conv MobileNet", "5", "0", "70.0%", "1606", "5m00s", "cpu: AMD EPYC x2"]]
   assert not (schedule_report / "results.md").exists()
 
 
