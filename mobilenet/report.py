@@ -539,9 +539,16 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
   return notes
 
 
+def unfinished_note(unfinished: Sequence[str]) -> list[str]:
+  """A report of part of a table says which of its runs it is still waiting for."""
+  if not unfinished:
+    return []
+  return [f"Not finished yet, so not in this report: {', '.join(unfinished)}.", ""]
+
+
 def format_markdown(rows: Sequence[ModelRow], title: str, with_paper: bool,
-                    base_resolution: int) -> str:
-  lines = [f"# {title}", ""]
+                    base_resolution: int, unfinished: Sequence[str] = ()) -> str:
+  lines = [f"# {title}", "", *unfinished_note(unfinished)]
   for dataset in sorted({row.dataset for row in rows}):
     dataset_rows = [row for row in rows if row.dataset == dataset]
     lines += [f"## {dataset_label(dataset)} ({dataset})", ""]
@@ -591,12 +598,14 @@ SPREAD_NOTE = ("top1_half_range = (max - min) / 2 over a model's runs, as a frac
                "a single run")
 
 
-def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int) -> str:
+def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int,
+                unfinished: Sequence[str] = ()) -> str:
   with_latency = has_latency(rows)
   document = {
       "title": title,
       "base_resolution": base_resolution,
       "spread": SPREAD_NOTE,
+      "unfinished": list(unfinished),
       "models": [row_to_json(row, with_latency) for row in rows],
       "runs": [run_to_json(run, with_latency) for row in rows for run in row.runs],
   }
@@ -859,7 +868,8 @@ def eval_curve(point: SchedulePoint, run: Run) -> EvalCurve:
   return EvalCurve(point.model, run, tuple(epochs), tuple(top1))
 
 
-def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str:
+def format_schedule_markdown(points: Sequence[SchedulePoint], title: str,
+                             unfinished: Sequence[str] = ()) -> str:
   header = ["Model", "Epochs", "Seeds", "Top-1", "Million Mult-Adds", "Train time", "Device"]
   # Sittings of one study run on machines of different speeds: the train time means nothing
   # without the device beside it.
@@ -871,7 +881,7 @@ def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str
            for point in points]
   runs = [run for point in points for run in point.row.runs]
   datasets = ", ".join(sorted({dataset_label(run.dataset) for run in runs}))
-  lines = [f"# {title}", "",
+  lines = [f"# {title}", "", *unfinished_note(unfinished),
            *markdown_table(header, cells, text_columns=("Model", "Seeds", "Device")), "",
            f"Top-1 on the evaluation split ({datasets}) at the end of training; where a model "
            "has several seeds, their mean ± half the range, (max − min) / 2, in percentage "
@@ -884,12 +894,13 @@ def format_schedule_markdown(points: Sequence[SchedulePoint], title: str) -> str
 
 
 def format_schedule_json(points: Sequence[SchedulePoint], curves: Sequence[EvalCurve],
-                         title: str, base_resolution: int) -> str:
+                         title: str, base_resolution: int, unfinished: Sequence[str] = ()) -> str:
   with_latency = has_latency([point.row for point in points])
   document = {
       "title": title,
       "base_resolution": base_resolution,
       "spread": SPREAD_NOTE,
+      "unfinished": list(unfinished),
       "points": [{"model": point.model, "epochs": point.epochs,
                   "train_wall_s_mean": mean_if_any(measured(point.row.runs, "train_wall_s")),
                   **row_to_json(point.row, with_latency)} for point in points],
@@ -941,15 +952,15 @@ def plot_schedule(points: Sequence[SchedulePoint], curves: Sequence[EvalCurve], 
 
 
 def write_schedule(rows: Sequence[ModelRow], out: pathlib.Path, title: str,
-                   base_resolution: int) -> list[pathlib.Path]:
+                   base_resolution: int, unfinished: Sequence[str] = ()) -> list[pathlib.Path]:
   """The study's table, its JSON and its plot; returns the files written."""
   points = schedule_points(rows, base_resolution)
   curves = [eval_curve(point, run) for point in points for run in point.row.runs]
   out.mkdir(parents=True, exist_ok=True)
   markdown, document, figure = (out / SCHEDULE_MARKDOWN_FILENAME, out / SCHEDULE_JSON_FILENAME,
                                 out / SCHEDULE_PLOT_FILENAME)
-  markdown.write_text(format_schedule_markdown(points, title), encoding="utf-8")
-  document.write_text(format_schedule_json(points, curves, title, base_resolution),
+  markdown.write_text(format_schedule_markdown(points, title, unfinished), encoding="utf-8")
+  document.write_text(format_schedule_json(points, curves, title, base_resolution, unfinished),
                       encoding="utf-8")
   plot_schedule(points, curves, title, figure)
   return [markdown, document, figure]
@@ -970,12 +981,14 @@ def latency_title(rows: Sequence[ModelRow], title: str) -> str:
 
 
 def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_paper: bool,
-                 base_resolution: int, paper_panel: bool = False) -> list[pathlib.Path]:
+                 base_resolution: int, paper_panel: bool = False,
+                 unfinished: Sequence[str] = ()) -> list[pathlib.Path]:
   """The tables, their JSON and the plots; returns the files written."""
   out.mkdir(parents=True, exist_ok=True)
   (out / MARKDOWN_FILENAME).write_text(
-      format_markdown(rows, title, with_paper, base_resolution), encoding="utf-8")
-  (out / JSON_FILENAME).write_text(format_json(rows, title, base_resolution), encoding="utf-8")
+      format_markdown(rows, title, with_paper, base_resolution, unfinished), encoding="utf-8")
+  (out / JSON_FILENAME).write_text(format_json(rows, title, base_resolution, unfinished),
+                                   encoding="utf-8")
   (plot_beside_paper if paper_panel else plot)(rows, title, out / PLOT_FILENAME)
   written = [out / MARKDOWN_FILENAME, out / JSON_FILENAME, out / PLOT_FILENAME]
   latency_plot = out / LATENCY_PLOT_FILENAME
@@ -1009,6 +1022,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       f"epochs: write {SCHEDULE_MARKDOWN_FILENAME}, {SCHEDULE_JSON_FILENAME} and "
                       f"{SCHEDULE_PLOT_FILENAME} (top-1 against epochs, and each run's top-1 "
                       f"during training from its {metrics.FILENAME}) instead of the tables")
+  parser.add_argument("--unfinished", nargs="+", default=[], metavar="NAME",
+                      help="runs that belong in this report but have not finished: named under "
+                      "the title and in the JSON, so that part of a table does not pass for all "
+                      "of it")
   parser.add_argument("--base-resolution", type=int, default=PAPER_BASE_RESOLUTION,
                       help="the resolution that stands for the paper's 224 (this project: 128)")
   args = parser.parse_args(argv)
@@ -1027,11 +1044,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = aggregate(runs, args.base_resolution)
     if args.schedule:
       written = write_schedule(rows, args.out, args.title or default_title(rows, "epochs"),
-                               args.base_resolution)
+                               args.base_resolution, args.unfinished)
     else:
       written = write_report(rows, args.out, args.title or default_title(rows),
                              args.paper or args.paper_panel, args.base_resolution,
-                             args.paper_panel)
+                             args.paper_panel, args.unfinished)
   except ReportError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1

@@ -173,6 +173,7 @@ def test_missing_rows_train_then_results_and_table_are_written(folders, monkeypa
   table = (folders / "results" / "table5" / "results.md").read_text()
   assert table.startswith("# Table 5 of the paper, on Imagenette")
   assert "Shallow MobileNet" in table
+  assert "Not finished yet" not in table
 
   fake.calls.clear()
   assert sweep.main(["table5"]) == 0  # nothing missing: nothing trained
@@ -482,6 +483,19 @@ def test_combined_reports_every_finished_table_row_beside_the_paper_and_trains_n
   assert "Paper: ImageNet" in markdown
   _, width, _ = image.imread(out / "accuracy_vs_mult_adds.png").shape
   assert width >= 1600  # two panels
+
+
+def test_a_report_of_part_of_a_table_names_the_runs_it_still_waits_for(folders, monkeypatch):
+  _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS)
+  fake = FakeTrain()
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert sweep.main(["table5", "--report-only"]) == 0
+  assert not fake.calls
+  waiting = [row.name for row in TABLE5[1:]]
+  out = folders / "results" / "table5"
+  assert f"Not finished yet, so not in this report: {', '.join(waiting)}." in (
+      out / "results.md").read_text().splitlines()
+  assert json.loads((out / "results.json").read_text())["unfinished"] == waiting
 
 
 def test_schedule_report_only_without_epochs_reports_every_finished_study_run(
