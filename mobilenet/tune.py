@@ -4,6 +4,7 @@ split is never read.
 
     python -m mobilenet.tune [--epochs 5] [--dry-run] [--report-only] [--lanes N]
                              [--workdirs runs/tune] [--results results/tuning]
+                             [--confirm-at E [--seeds 0,1]]
 
 The search runs in stages, each decided by the finished results of the stages before it, so
 that a rerun resumes where it stopped (each run also resumes from its own checkpoints):
@@ -20,13 +21,17 @@ mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.
 `--workdirs/<name>`; finished runs keep their eval_results.json, config.json and metrics.jsonl
 in `--results/runs/<name>`, and the ranked table (held-out top-1, final training loss, training
 time) and its plot go to `--results`.
+
+The search's budget is a proxy for the tables' longer one. `--confirm-at E` checks that the choice
+holds there: it retrains the start recipe and the finished search's winner for E epochs on the same
+held-out split (`--seeds`, default 0) and ranks the two in `--results/at_E_epochs`.
 """
 import argparse
 import dataclasses
 import json
 import pathlib
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from mobilenet import lanes
 from mobilenet import report
@@ -195,23 +200,49 @@ def run(folders: Folders, item: Trial, cpus: Optional[tuple[int, ...]] = None) -
   sweep.keep_results(workdir, folders.kept(item))
 
 
-def next_trial(folders: Folders, epochs: float, running: set[str]) -> Optional[Trial]:
+class SearchUnfinished(Exception):
+  """The confirmation was asked for before the search it confirms had finished."""
+
+
+def confirmation(search: Folders, search_epochs: float, epochs: float,
+                 seeds: tuple[int, ...]) -> tuple[list[Trial], bool]:
+  """The start recipe and the search's winner, each retrained for `epochs` with every seed: does
+  the choice made at the search's short budget hold at the tables' longer one? Raises
+  SearchUnfinished."""
+  searched, complete = plan(search, search_epochs)
+  if not (complete and all(map(search.finished, searched))):
+    raise SearchUnfinished(f"the {search_epochs:g}-epoch search in {search.results} has not "
+                           "finished; finish it before confirming its winner")
+  winner = ranking(search, searched)[0]["changes"]
+  start = {"optimizer.learning_rate": START["optimizer.learning_rate"]}
+  trials = {}  # by name: a search whose winner is the start confirms one recipe
+  for seed in seeds:
+    for stage, changes in (("confirm: start", start), ("confirm: winner", winner)):
+      item = trial(changes, epochs, stage, seed)
+      trials.setdefault(item.name, item)
+  return list(trials.values()), True
+
+
+Decide = Callable[[], tuple[list[Trial], bool]]  # the trials decided so far, and whether all
+
+
+def next_trial(folders: Folders, decide: Decide, running: set[str]) -> Optional[Trial]:
   """The first decided trial that has neither finished nor started; None when there is none
   now, or when a decided trial is stale (main reports it)."""
   # A running trial's workdir is being written by its train.py; it was checked at its start.
-  idle = [item for item in plan(folders, epochs)[0] if item.name not in running]
+  idle = [item for item in decide()[0] if item.name not in running]
   missing = [item for item in idle if not folders.finished(item)]
   if not missing or stale_reasons(folders, idle):
     return None
   return missing[0]
 
 
-def train_decided(folders: Folders, epochs: float, lane_count: int) -> None:
+def train_decided(folders: Folders, decide: Decide, lane_count: int) -> None:
   """Trains every decided trial that has not finished, `lane_count` at a time; a finished trial
   may decide the next stage. Raises sweep.RunFailed."""
 
   def next_job(running: set[str]) -> Optional[lanes.Job]:
-    item = next_trial(folders, epochs, running)
+    item = next_trial(folders, decide, running)
     return None if item is None else lanes.Job(item.name, lambda cpus: run(folders, item, cpus))
 
   lanes.run_side_by_side(next_job, lane_count)
@@ -251,13 +282,13 @@ def describe(changes: dict) -> str:
   return ", ".join(f"{field}={value}" for field, value in differences.items()) or "(start)"
 
 
-def markdown(ranked: list[dict], epochs: float, complete: bool) -> str:
-  lines = [f"# Recipe search: MobileNet-1.0 at 128 px, {epochs:g} epochs, held-out top-1",
+def markdown(ranked: list[dict], title: str, complete: bool) -> str:
+  lines = [f"# {title}, held-out top-1",
            "",
            f"Trained on `{HELD_OUT['data.train_split']}` of each Imagenette class, scored on "
            f"`{HELD_OUT['data.eval_split']}` (the validation split is not used). Made by "
            "`python -m mobilenet.tune`; each recipe is the start recipe with the listed changes.",
-           "", *([] if complete else ["The search is not finished: later stages are to run.", ""]),
+           "", *([] if complete else ["Not finished: runs are still to train or to decide.", ""]),
            "| Rank | Recipe | Stage | Changes from the start | Seeds | Held-out top-1 | "
            "Final train loss | Train time | Trained on |",
            "|---:|---|---|---|---:|---:|---:|---:|---|"]
@@ -281,7 +312,7 @@ def markdown(ranked: list[dict], epochs: float, complete: bool) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(ranked: list[dict], path: pathlib.Path, epochs: float) -> None:
+def plot(ranked: list[dict], path: pathlib.Path, title: str, epochs: float) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
@@ -293,13 +324,14 @@ def plot(ranked: list[dict], path: pathlib.Path, epochs: float) -> None:
     axes.plot([value * 100 for value in entry["top1"]], [row] * len(entry["top1"]), "k.")
   axes.set_xlim(min(means) - 5, max(means) + 2)
   axes.set_xlabel(f"held-out top-1 (%) after {epochs:g} epochs; dots: seeds")
-  axes.set_title("Recipe search, MobileNet-1.0 at 128 px")
+  axes.set_title(title)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   pyplot.close(figure)
 
 
-def write_ranking(folders: Folders, trials: list[Trial], epochs: float, complete: bool) -> None:
+def write_ranking(folders: Folders, trials: list[Trial], epochs: float, complete: bool,
+                  title: str) -> None:
   ranked = ranking(folders, trials)
   if not ranked:
     print("tune: no finished runs yet", file=sys.stderr)
@@ -308,8 +340,8 @@ def write_ranking(folders: Folders, trials: list[Trial], epochs: float, complete
   (folders.results / "tuning.json").write_text(json.dumps(
       dict(epochs=epochs, held_out=HELD_OUT, start=START, complete=complete, recipes=ranked),
       indent=2) + "\n")
-  (folders.results / "tuning.md").write_text(markdown(ranked, epochs, complete))
-  plot(ranked, folders.results / "tuning.png", epochs)
+  (folders.results / "tuning.md").write_text(markdown(ranked, title, complete))
+  plot(ranked, folders.results / "tuning.png", title, epochs)
   print(f"tune: {len(ranked)} recipes ranked in {folders.results / 'tuning.md'}")
 
 
@@ -321,32 +353,52 @@ def main(argv=None) -> int:
   parser.add_argument("--results", type=pathlib.Path, default=sweep.RESULTS / "tuning")
   parser.add_argument("--lanes", type=int, default=1, metavar="N",
                       help="train up to N trials at once, each pinned to its share of the cores")
+  parser.add_argument("--confirm-at", type=float, metavar="E",
+                      help="retrain the start and the finished search's winner for E epochs")
+  parser.add_argument("--seeds", default="0", metavar="S,S,...",
+                      help="--confirm-at: the seeds of each recipe (default: 0)")
   parser.add_argument("--dry-run", action="store_true", help="list the trials decided so far")
   parser.add_argument("--report-only", action="store_true", help="rebuild the ranking only")
   args = parser.parse_args(argv)
-  folders = Folders(args.workdirs.resolve(), args.results.resolve())
+  search = Folders(args.workdirs.resolve(), args.results.resolve())
+  if args.confirm_at is None:
+    folders, epochs = search, args.epochs
+    title = f"Recipe search: MobileNet-1.0 at 128 px, {epochs:g} epochs"
+    decide: Decide = lambda: plan(search, args.epochs)
+  else:
+    folders = Folders(search.workdirs, search.results / f"at_{args.confirm_at:g}_epochs")
+    epochs = args.confirm_at
+    title = (f"Start and winner of the {args.epochs:g}-epoch recipe search, retrained for "
+             f"{epochs:g} epochs: MobileNet-1.0 at 128 px")
+    decide = lambda: confirmation(search, args.epochs, args.confirm_at, seeds)
   try:
+    seeds = tuple(sweep.parse_list("--seeds", args.seeds,
+                                   lambda text: int(text) if text.isdigit() else None,
+                                   "a seed (0, 1, ...)"))
+    if args.confirm_at is not None and not args.confirm_at > 0:
+      raise sweep.UsageError(f"--confirm-at: {args.confirm_at:g} is not a positive number of epochs")
     lanes.cpu_sets(args.lanes)
-  except lanes.LanesError as error:
+    decide()
+  except (sweep.UsageError, lanes.LanesError, SearchUnfinished) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   if not (args.dry_run or args.report_only):
     try:
-      train_decided(folders, args.epochs, args.lanes)
+      train_decided(folders, decide, args.lanes)
     except sweep.RunFailed as error:
       print(f"error: {error}", file=sys.stderr)
       return 1
-  trials, complete = plan(folders, args.epochs)
+  trials, decided = decide()
   reasons = stale_reasons(folders, trials)
   if args.dry_run:
     for item in trials:
       print(f"{item.name:<40} {item.stage:<20} "
             f"{'done' if folders.finished(item) else 'missing'}")
-    if not complete:
+    if not decided:
       print("(later stages are decided when these have finished)")
   if args.dry_run or reasons:
     return sweep.report_stale(reasons, dry_run=args.dry_run)
-  write_ranking(folders, trials, args.epochs, complete)
+  write_ranking(folders, trials, epochs, decided and all(map(folders.finished, trials)), title)
   return 0
 
 

@@ -120,7 +120,7 @@ def test_the_start_gets_a_second_seed_that_no_later_stage_waits_for(tmp_path, fa
       tune.run(folders, item)
   trials, _ = tune.plan(folders, 5.0)
   assert "3: combined" in {item.stage for item in trials}  # stage 3 did not wait for it
-  assert tune.next_trial(folders, 5.0, set()) == start_again
+  assert tune.next_trial(folders, lambda: tune.plan(folders, 5.0), set()) == start_again
   assert _main(tmp_path) == 0
   ranked = json.loads((tmp_path / "results" / "tuning.json").read_text())["recipes"]
   start = next(entry for entry in ranked if entry["changes"] == {"optimizer.learning_rate": 0.4})
@@ -184,4 +184,35 @@ def test_the_next_trial_is_chosen_without_reading_a_running_trials_half_written_
   first, second = tune.plan(folders, 5.0)[0][:2]
   (folders.workdirs / first.name).mkdir(parents=True)
   (folders.workdirs / first.name / "config.json").write_text('{"optimizer": ')  # being written
-  assert tune.next_trial(folders, 5.0, {first.name}) == second
+  assert tune.next_trial(folders, lambda: tune.plan(folders, 5.0), {first.name}) == second
+
+
+def test_the_confirmation_retrains_the_start_and_the_searchs_winner_at_the_longer_budget(
+    tmp_path, fake_train):
+  assert _main(tmp_path) == 0
+  winner = json.loads((tmp_path / "results" / "tuning.json").read_text())["recipes"][0]["changes"]
+  fake_train.commands.clear()
+  assert _main(tmp_path, "--confirm-at", "20", "--seeds", "0,1") == 0
+  trained = [_changes(command) for command in fake_train.commands]
+  assert len(trained) == 4 and all(changes["train.num_epochs"] == "20.0" for changes in trained)
+  assert all(changes["data.eval_split"] == "train[90%:]" for changes in trained)
+  def is_recipe(flags: dict, changes: dict) -> bool:
+    return all(flags[field] == str(value) for field, value in {**tune.START, **changes}.items())
+  assert winner != {"optimizer.learning_rate": 0.4}
+  assert sum(is_recipe(flags, winner) for flags in trained) == 2
+  assert sum(is_recipe(flags, {}) for flags in trained) == 2
+  confirmed = json.loads((tmp_path / "results" / "at_20_epochs" / "tuning.json").read_text())
+  assert confirmed["complete"] and confirmed["epochs"] == 20
+  assert {entry["stage"]: entry["seeds"] for entry in confirmed["recipes"]} == {
+      "confirm: start": [0, 1], "confirm: winner": [0, 1]}
+  assert next(entry for entry in confirmed["recipes"]
+              if entry["stage"] == "confirm: winner")["changes"] == winner
+  assert "retrained for 20 epochs" in (tmp_path / "results" / "at_20_epochs" / "tuning.md"
+                                       ).read_text()
+
+
+def test_the_confirmation_of_an_unfinished_search_stops_before_any_training(tmp_path, fake_train,
+                                                                             capsys):
+  assert _main(tmp_path, "--confirm-at", "20") == 2
+  assert "the 5-epoch search in" in capsys.readouterr().err
+  assert not fake_train.commands
