@@ -1055,8 +1055,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except OSError as error:  # e.g. --out not writable
     print(f"error: {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
     return 1
-  print(f"wrote {len(rows)} models from {sum(len(row.runs) for row in rows)} runs to "
-        + ", ".join(map(str, written)))
+  run_count = sum(len(row.runs) for row in rows)
+  print(f"wrote {len(rows)} model{'s' * (len(rows) != 1)} from {run_count} "
+        f"run{'s' * (run_count != 1)} to " + ", ".join(map(str, written)))
   return 0
 
 
