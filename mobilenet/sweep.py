@@ -316,6 +316,12 @@ def parse_list(flag: str, text: str, parse: Callable[[str], object], expected: s
   return values
 
 
+def parse_seeds(text: str) -> list[int]:
+  """The seeds of a `--seeds S,S,...` flag; a UsageError names the first that is not one."""
+  return parse_list("--seeds", text, lambda item: int(item) if item.isdigit() else None,
+                    "a seed (0, 1, ...)")
+
+
 def schedule_rows(args: argparse.Namespace) -> tuple[Row, ...]:
   """The study's rows that this command asks for, shortest schedules first; none for a report
   (or dry run) of the runs finished so far."""
@@ -331,8 +337,7 @@ def schedule_rows(args: argparse.Namespace) -> tuple[Row, ...]:
   variants = parse_list("--variants", args.variants or ",".join(STUDY_VARIANTS),
                         lambda text: text if text in STUDY_VARIANTS else None,
                         f"one of {', '.join(STUDY_VARIANTS)}")
-  seeds = parse_list("--seeds", args.seeds or "0",
-                     lambda text: int(text) if text.isdigit() else None, "a seed (0, 1, ...)")
+  seeds = parse_seeds(args.seeds or "0")
   return tuple(schedule_row(variant, count, seed)
                for count in sorted(epochs) for variant in variants for seed in seeds)
 

@@ -360,6 +360,14 @@ def main(argv=None) -> int:
   parser.add_argument("--dry-run", action="store_true", help="list the trials decided so far")
   parser.add_argument("--report-only", action="store_true", help="rebuild the ranking only")
   args = parser.parse_args(argv)
+  try:
+    seeds = tuple(sweep.parse_seeds(args.seeds))
+    if args.confirm_at is not None and not args.confirm_at > 0:
+      raise sweep.UsageError(f"--confirm-at: {args.confirm_at:g} is not a positive number of epochs")
+    lanes.cpu_sets(args.lanes)
+  except (sweep.UsageError, lanes.LanesError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   search = Folders(args.workdirs.resolve(), args.results.resolve())
   if args.confirm_at is None:
     folders, epochs = search, args.epochs
@@ -371,17 +379,11 @@ def main(argv=None) -> int:
     title = (f"Start and winner of the {args.epochs:g}-epoch recipe search, retrained for "
              f"{epochs:g} epochs: MobileNet-1.0 at 128 px")
     decide = lambda: confirmation(search, args.epochs, args.confirm_at, seeds)
-  try:
-    seeds = tuple(sweep.parse_list("--seeds", args.seeds,
-                                   lambda text: int(text) if text.isdigit() else None,
-                                   "a seed (0, 1, ...)"))
-    if args.confirm_at is not None and not args.confirm_at > 0:
-      raise sweep.UsageError(f"--confirm-at: {args.confirm_at:g} is not a positive number of epochs")
-    lanes.cpu_sets(args.lanes)
-    decide()
-  except (sweep.UsageError, lanes.LanesError, SearchUnfinished) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    try:
+      decide()
+    except SearchUnfinished as error:
+      print(f"error: {error}", file=sys.stderr)
+      return 2
   if not (args.dry_run or args.report_only):
     try:
       train_decided(folders, decide, args.lanes)
