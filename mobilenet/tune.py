@@ -393,8 +393,9 @@ def main(argv=None) -> int:
   trials, decided = decide()
   reasons = stale_reasons(folders, trials)
   if args.dry_run:
+    width = max(len(item.name) for item in trials)
     for item in trials:
-      print(f"{item.name:<40} {item.stage:<20} "
+      print(f"{item.name:<{width}} {item.stage:<20} "
             f"{'done' if folders.finished(item) else 'missing'}")
     if not decided:
       print("(later stages are decided when these have finished)")
