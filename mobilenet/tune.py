@@ -31,6 +31,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+import textwrap
 from typing import Any, Callable, Optional
 
 from mobilenet import lanes
@@ -316,7 +317,8 @@ def plot(ranked: list[dict], path: pathlib.Path, title: str, epochs: float) -> N
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
-  figure, axes = pyplot.subplots(figsize=(8, 0.35 * len(ranked) + 1.2))
+  title_lines = textwrap.wrap(title, 80)  # the bars start right of long recipe names
+  figure, axes = pyplot.subplots(figsize=(8, 0.35 * len(ranked) + 1 + 0.25 * len(title_lines)))
   names = [entry["recipe"] for entry in ranked][::-1]
   means = [entry["mean_top1"] * 100 for entry in ranked][::-1]
   axes.barh(names, means, color="#9ecae1")
@@ -324,7 +326,7 @@ def plot(ranked: list[dict], path: pathlib.Path, title: str, epochs: float) -> N
     axes.plot([value * 100 for value in entry["top1"]], [row] * len(entry["top1"]), "k.")
   axes.set_xlim(min(means) - 5, max(means) + 2)
   axes.set_xlabel(f"held-out top-1 (%) after {epochs:g} epochs; dots: seeds")
-  axes.set_title(title)
+  figure.suptitle("\n".join(title_lines))
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   pyplot.close(figure)
