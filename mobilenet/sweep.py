@@ -375,12 +375,12 @@ def target_rows(args: argparse.Namespace) -> tuple[Row, ...]:
 
 def rebuild_report(rows: Sequence[Row], out: pathlib.Path, title: str, *report_flags: str) -> int:
   """report.main over the rows that have finished, into `out`, naming those that have not."""
-  done = [RESULTS / "runs" / row.name for row in rows if finished(row)]
+  done = [row for row in rows if finished(row)]
   if not done:
     print(f"{out.name}: no finished rows yet", file=sys.stderr)
     return 0
-  unfinished = [row.name for row in rows if not finished(row)]
-  return report.main([*map(str, done), "--out", str(out), "--base-resolution",
+  unfinished = [row.name for row in rows if row not in done]
+  return report.main([*(str(RESULTS / "runs" / row.name) for row in done), "--out", str(out), "--base-resolution",
                       str(BASE_RESOLUTION), "--title", title, *report_flags,
                       *(["--unfinished", *unfinished] if unfinished else [])])
 
