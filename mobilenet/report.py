@@ -718,14 +718,15 @@ def draw_sweeps(axes, rows: Sequence[ModelRow],
 
 
 def finish_axes(axes, x_label: str, title: str) -> None:
-  """Log-scale x, top-1 along y, a grid, the legend, and room for the outermost labels."""
+  """Log-scale x, top-1 along y, a grid, the legend where it hides fewest points and bars, and
+  room for the outermost labels."""
   axes.set_xscale("log")
   axes.set_xlabel(x_label)
   axes.set_ylabel("Top-1 accuracy (%)")
   axes.set_title(title)
   axes.grid(True, which="both", alpha=0.3)
   if axes.get_legend_handles_labels()[0]:
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
   axes.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
 
 
