@@ -114,8 +114,13 @@ TABLES = {
 }
 
 
+def committed_run(row: Row) -> pathlib.Path:
+  """Where a finished row's results are kept: results/runs/<name>/."""
+  return RESULTS / "runs" / row.name
+
+
 def finished(row: Row) -> bool:
-  return (RESULTS / "runs" / row.name / "eval_results.json").is_file()
+  return (committed_run(row) / "eval_results.json").is_file()
 
 
 def requested_config(config: str, extra_flags: list[str]) -> dict:
@@ -141,7 +146,7 @@ def stale_reason(row: Row, runs: pathlib.Path, requested: dict) -> str | None:
   """Why this row's result, or else its unfinished run in `runs`, was made with settings other
   than `requested`; None if it was not."""
   if finished(row):
-    folder, verb, remedy = RESULTS / "runs" / row.name, "was trained", "move that folder away"
+    folder, verb, remedy = committed_run(row), "was trained", "move that folder away"
   else:
     folder, verb, remedy = runs / row.name, "holds a run started", "delete it"
   if not (folder / "config.json").is_file():
@@ -260,7 +265,7 @@ def train(row: Row, runs: pathlib.Path, extra_flags: list[str],
                                     remedy="rerun the sweep to export it again")) from None
   except ExportError as error:
     raise RunFailed(f"{row.name} trained, but its export is incomplete: {error}") from None
-  keep_results(runs / row.name, RESULTS / "runs" / row.name)
+  keep_results(runs / row.name, committed_run(row))
 
 
 def train_missing(rows: tuple[Row, ...], runs: pathlib.Path, extra_flags: list[str],
@@ -380,8 +385,8 @@ def rebuild_report(rows: Sequence[Row], out: pathlib.Path, title: str, *report_f
     print(f"{out.name}: no finished rows yet", file=sys.stderr)
     return 0
   unfinished = [row.name for row in rows if row not in done]
-  return report.main([*(str(RESULTS / "runs" / row.name) for row in done), "--out", str(out), "--base-resolution",
-                      str(BASE_RESOLUTION), "--title", title, *report_flags,
+  return report.main([*(str(committed_run(row)) for row in done), "--out", str(out),
+                      "--base-resolution", str(BASE_RESOLUTION), "--title", title, *report_flags,
                       *(["--unfinished", *unfinished] if unfinished else [])])
 
 
