@@ -2,6 +2,7 @@
 
   python -m mobilenet.benchmark --config=configs/dws.py [--batch 32] [--resolution 128]
       [--steps N] [--ops] [--torch] [--json] [--variants=dws,conv] [--lanes N]
+      [--standard_impls=conv,matmul_grad]
 
 The training step timed is the one train.py runs: `steps.build(config, mesh).train`, with the
 state, optimizer and schedule built by the same function as the trainer's (loss with the
@@ -12,6 +13,10 @@ follow a warm-up. Other jobs on a shared machine skew absolute numbers, so JAX a
 (and the variants) are timed in alternating rounds and compared by their medians: ratios from
 one run are the figures to trust. Like train.py, it runs under tcmalloc where installed
 (mobilenet.allocator; MOBILENET_ALLOCATOR=system for glibc's malloc).
+
+`--standard_impls` times the whole training step once more per listed `model.standard_impl`,
+in the same alternating rounds: which of the two is faster depends on the CPU and the layer
+shapes, and the single-op rows of `--ops` do not settle it for a whole model.
 
 `--lanes N` asks what `sweep --lanes N` buys: it runs this benchmark once on every core, then
 N copies at once, each pinned to its share of the cores (mobilenet.lanes), and compares their
@@ -25,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +53,9 @@ flags.DEFINE_bool("torch", False, "Also run the same architecture in PyTorch (CP
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 flags.DEFINE_list("variants", [], "Model variants to measure in this run (e.g. dws,conv); "
                   "default: config.model.variant. Other fields come from the config.")
+flags.DEFINE_list("standard_impls", [], "Also time the training step with each of these "
+                  "model.standard_impl choices (e.g. conv,matmul_grad), per variant, in the "
+                  "same alternating rounds.")
 flags.DEFINE_integer("lanes", 1, "N > 1: this benchmark once on every core, then N copies at "
                      "once, each pinned to its share of the cores; their training images/s "
                      "in all against the single run's.")
@@ -303,25 +311,34 @@ def _median_rate(seconds: list[float], batch: int) -> float:
 
 
 def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, rounds: int,
-            warmup: int, with_torch: bool, threads: int) -> dict[str, dict[str, Any]]:
-  """Images/s per variant (and framework), from alternating rounds of timed steps."""
+            warmup: int, with_torch: bool, threads: int,
+            standard_impls: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+  """Images/s per variant (and framework, and listed standard_impl), from alternating rounds
+  of timed steps."""
   batch = config.train.global_batch_size
-  runners = {}
+  runners, inferring = {}, []
   for variant in variants:
     runners[variant, "jax"] = JaxModel(config, variant)
+    inferring.append((variant, "jax"))
     if with_torch:
       runners[variant, "torch"] = TorchModel(config, variant, threads)
-  for runner in runners.values():
+      inferring.append((variant, "torch"))
+    for impl in standard_impls:
+      impl_config = config.copy_and_resolve_references()
+      impl_config.model.standard_impl = impl
+      runners[variant, impl] = JaxModel(impl_config, variant)
+  for key, runner in runners.items():
     _timed_calls(runner.train, warmup)
-    _timed_calls(runner.predict, warmup)
+    if key in inferring:
+      _timed_calls(runner.predict, warmup)
   train_seconds = {key: [] for key in runners}
-  infer_seconds = {key: [] for key in runners}
+  infer_seconds = {key: [] for key in inferring}
   train_cpu = {key: [] for key in runners}
   for _ in range(rounds):
     for key, runner in runners.items():
       train_seconds[key] += _timed_calls(runner.train, steps, train_cpu[key])
-    for key, runner in runners.items():
-      infer_seconds[key] += _timed_calls(runner.predict, steps)
+    for key in inferring:
+      infer_seconds[key] += _timed_calls(runners[key].predict, steps)
 
   results = {}
   for variant in variants:
@@ -332,8 +349,7 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
         "infer_images_per_s": _median_rate(infer_seconds[variant, "jax"], batch),
         "compile_s": jax_model.compile_s,
         "infer_compile_s": jax_model.infer_compile_s,
-        "train_step_ms": {"median": 1e3 * statistics.median(train), "min": 1e3 * min(train),
-                          "max": 1e3 * max(train)},
+        "train_step_ms": _step_ms(train),
         "train_step_cpu_ms": 1e3 * statistics.median(train_cpu[variant, "jax"]),
     }
     if with_torch:
@@ -344,8 +360,19 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
                                         / result["torch_train_images_per_s"])
       result["jax_over_torch_infer"] = (result["infer_images_per_s"]
                                         / result["torch_infer_images_per_s"])
+    if standard_impls:
+      result["standard_impls"] = {
+          impl: {"resolved": ops.resolve_standard_impl(impl),
+                 "train_images_per_s": _median_rate(train_seconds[variant, impl], batch),
+                 "train_step_ms": _step_ms(train_seconds[variant, impl])}
+          for impl in standard_impls}
     results[variant] = result
   return results
+
+
+def _step_ms(seconds: list[float]) -> dict[str, float]:
+  return {"median": 1e3 * statistics.median(seconds), "min": 1e3 * min(seconds),
+          "max": 1e3 * max(seconds)}
 
 
 def peak_rss_bytes() -> int:
@@ -380,6 +407,12 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
     if value < least:
       raise errors.ConfigError(f"--{name} must be >= {least}; got {value}")
   check_config(config, variants)
+  standard_impls = list(dict.fromkeys(FLAGS.standard_impls))
+  for impl in standard_impls:
+    try:
+      ops.resolve_standard_impl(impl)
+    except errors.ConfigError as error:
+      raise errors.ConfigError(f"--standard_impls: {error}") from None
   config = benchmark_config(config, batch, resolution)
   if FLAGS.torch:
     _import_torch()
@@ -409,7 +442,8 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
   }
   if FLAGS.torch:
     report["torch"] = _import_torch().__version__
-  results = measure(config, variants, steps, rounds, FLAGS.warmup, FLAGS.torch, threads)
+  results = measure(config, variants, steps, rounds, FLAGS.warmup, FLAGS.torch, threads,
+                    standard_impls)
   report.update(results[variants[0]])
   if len(variants) > 1:
     report["variants"] = results
@@ -488,6 +522,13 @@ def _print_text(report: dict[str, Any]) -> None:
             f"infer {r['torch_infer_images_per_s']:8.1f} img/s  (step CPU {r['torch_train_step_cpu_ms']:.0f} ms)")
       print(f"{variant:8s} jax/torch: train {r['jax_over_torch_train']:.2f}x  "
             f"infer {r['jax_over_torch_infer']:.2f}x")
+    impls = r.get("standard_impls", {})
+    first, first_timing = next(iter(impls.items()), (None, None))
+    for impl, timing in impls.items():
+      print(f"{variant:8s} jax   train {timing['train_images_per_s']:8.1f} img/s  with "
+            f"standard_impl={impl} ({timing['resolved']}): "
+            f"{timing['train_images_per_s'] / first_timing['train_images_per_s']:.2f}x of "
+            f"{first}'s  (step median {timing['train_step_ms']['median']:.1f} ms)")
   if "dws" in results and "conv" in results:
     for prefix, name in (("", "jax"), ("torch_", "torch")):
       key = f"{prefix}train_images_per_s"
@@ -544,9 +585,9 @@ def _child_flags(argv: list[str]) -> list[str]:
 
 
 def _measure_lanes() -> dict[str, Any]:
-  if FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1:
+  if FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1 or FLAGS.standard_impls:
     raise errors.UserError("--lanes times the JAX training step of one variant: leave out "
-                           "--torch, --ops and a list of --variants")
+                           "--torch, --ops, --standard_impls and a list of --variants")
   child = [sys.executable, "-m", "mobilenet.benchmark", "--json", *_child_flags(sys.argv[1:])]
   return compare_lanes(child, FLAGS.lanes)
 

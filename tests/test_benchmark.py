@@ -96,6 +96,37 @@ def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
   assert report["allocator"] == expected.allocator
 
 
+def test_each_listed_standard_impl_times_a_step_built_with_it(monkeypatch):
+  built = []
+  real_init = benchmark.JaxModel.__init__
+
+  def recording_init(self, config, variant):
+    built.append((variant, config.model.standard_impl))
+    real_init(self, config, variant)
+
+  monkeypatch.setattr(benchmark.JaxModel, "__init__", recording_init)
+  results = benchmark.measure(_tiny_config(), ["dws"], steps=1, rounds=1, warmup=0,
+                              with_torch=False, threads=1,
+                              standard_impls=("conv", "matmul_grad"))
+  assert built == [("dws", "auto"), ("dws", "conv"), ("dws", "matmul_grad")]
+  impls = results["dws"]["standard_impls"]
+  assert list(impls) == ["conv", "matmul_grad"]
+  assert [impls[impl]["resolved"] for impl in impls] == ["conv", "matmul_grad"]
+  assert all(impls[impl]["train_images_per_s"] > 0 for impl in impls)
+
+
+def test_an_unknown_standard_impl_is_one_line_naming_the_flag():
+  process = subprocess.run(
+      [sys.executable, "-m", "mobilenet.benchmark", "--config=configs/dws.py:alpha=0.25",
+       "--standard_impls=conv,fastest"],
+      cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert process.returncode == 1
+  assert process.stderr.strip().splitlines()[-1] == (
+      "error: --standard_impls: standard_impl must be one of auto, conv, matmul_grad; "
+      "got 'fastest'")
+
+
 def test_lanes_compare_one_run_on_every_core_with_pinned_copies_at_once(monkeypatch):
   monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1, 2, 3])
   batches = []
