@@ -316,6 +316,13 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
   """Images/s per variant (and framework, and listed standard_impl), from alternating rounds
   of timed steps."""
   batch = config.train.global_batch_size
+  own_impl = ops.resolve_standard_impl(config.model.standard_impl)
+
+  def impl_runner_key(variant: str, impl: str) -> tuple[str, str]:
+    """A listed impl that resolves like the config's own is timed with the config's own step."""
+    same = ops.resolve_standard_impl(impl) == own_impl
+    return (variant, "jax") if same else (variant, impl)
+
   runners, inferring = {}, []
   for variant in variants:
     runners[variant, "jax"] = JaxModel(config, variant)
@@ -324,9 +331,10 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
       runners[variant, "torch"] = TorchModel(config, variant, threads)
       inferring.append((variant, "torch"))
     for impl in standard_impls:
-      impl_config = config.copy_and_resolve_references()
-      impl_config.model.standard_impl = impl
-      runners[variant, impl] = JaxModel(impl_config, variant)
+      if impl_runner_key(variant, impl) == (variant, impl):
+        impl_config = config.copy_and_resolve_references()
+        impl_config.model.standard_impl = impl
+        runners[variant, impl] = JaxModel(impl_config, variant)
   for key, runner in runners.items():
     _timed_calls(runner.train, warmup)
     if key in inferring:
@@ -363,8 +371,9 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
     if standard_impls:
       result["standard_impls"] = {
           impl: {"resolved": ops.resolve_standard_impl(impl),
-                 "train_images_per_s": _median_rate(train_seconds[variant, impl], batch),
-                 "train_step_ms": _step_ms(train_seconds[variant, impl])}
+                 "train_images_per_s": _median_rate(
+                     train_seconds[impl_runner_key(variant, impl)], batch),
+                 "train_step_ms": _step_ms(train_seconds[impl_runner_key(variant, impl)])}
           for impl in standard_impls}
     results[variant] = result
   return results
@@ -381,9 +390,11 @@ def peak_rss_bytes() -> int:
   return peak if sys.platform == "darwin" else peak * 1024
 
 
-def check_config(config: ml_collections.ConfigDict, variants: list[str]) -> None:
-  """One-line ConfigErrors naming the bad field, before anything compiles: the model's own
-  checks for each variant, and whether its implementations exist on this backend."""
+def check_config(config: ml_collections.ConfigDict, variants: list[str],
+                 standard_impls: Sequence[str] = ()) -> None:
+  """One-line ConfigErrors naming the bad field or flag, before anything compiles: the model's
+  own checks for each variant, and whether its implementations (and the --standard_impls
+  listed) exist on this backend."""
   for variant in variants:
     model_config = config.model.copy_and_resolve_references()
     model_config.variant = variant
@@ -391,10 +402,16 @@ def check_config(config: ml_collections.ConfigDict, variants: list[str]) -> None
   for field, resolve in (("depthwise_impl", ops.resolve_depthwise_impl),
                          ("pointwise_impl", ops.resolve_pointwise_impl),
                          ("standard_impl", ops.resolve_standard_impl)):
-    try:
-      resolve(config.model[field])
-    except errors.ConfigError as error:
-      raise errors.ConfigError(f"config.model.{error}") from None
+    _check_impl(resolve, config.model[field], "config.model.")
+  for impl in standard_impls:
+    _check_impl(ops.resolve_standard_impl, impl, "--standard_impls: ")
+
+
+def _check_impl(resolve: Callable[[str], str], impl: str, where: str) -> None:
+  try:
+    resolve(impl)
+  except errors.ConfigError as error:
+    raise errors.ConfigError(f"{where}{error}") from None
 
 
 def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decision | None = None
@@ -406,13 +423,8 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
                              ("resolution", resolution, 32), ("warmup", FLAGS.warmup, 0)):
     if value < least:
       raise errors.ConfigError(f"--{name} must be >= {least}; got {value}")
-  check_config(config, variants)
   standard_impls = list(dict.fromkeys(FLAGS.standard_impls))
-  for impl in standard_impls:
-    try:
-      ops.resolve_standard_impl(impl)
-    except errors.ConfigError as error:
-      raise errors.ConfigError(f"--standard_impls: {error}") from None
+  check_config(config, variants, standard_impls)
   config = benchmark_config(config, batch, resolution)
   if FLAGS.torch:
     _import_torch()
