@@ -119,6 +119,15 @@ def committed_run(row: Row) -> pathlib.Path:
   return RESULTS / "runs" / row.name
 
 
+def as_given(path: pathlib.Path) -> pathlib.Path:
+  """The path from the working directory where it lies below it: the reports record their
+  runs' sources, and a committed report should not carry one machine's absolute paths."""
+  try:
+    return path.relative_to(pathlib.Path.cwd())
+  except ValueError:
+    return path
+
+
 def finished(row: Row) -> bool:
   return (committed_run(row) / "eval_results.json").is_file()
 
@@ -385,7 +394,7 @@ def rebuild_report(rows: Sequence[Row], out: pathlib.Path, title: str, *report_f
     print(f"{out.name}: no finished rows yet", file=sys.stderr)
     return 0
   unfinished = [row.name for row in rows if row not in done]
-  return report.main([*(str(committed_run(row)) for row in done), "--out", str(out),
+  return report.main([*(str(as_given(committed_run(row))) for row in done), "--out", str(out),
                       "--base-resolution", str(BASE_RESOLUTION), "--title", title, *report_flags,
                       *(["--unfinished", *unfinished] if unfinished else [])])
 

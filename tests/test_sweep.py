@@ -511,3 +511,12 @@ def test_schedule_report_only_without_epochs_reports_every_finished_study_run(
   assert [(point["model"], point["epochs"]) for point in document["points"]] == [
       ("1.0 MobileNet-128", 5.0), ("Conv MobileNet", 15.0),
       ("Shallow MobileNet", sweep.default_epochs("shallow"))]
+
+
+def test_a_report_rebuilt_from_the_project_records_its_runs_relative_to_it(folders, monkeypatch):
+  _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS)
+  monkeypatch.chdir(folders)
+  assert sweep.main(["table5", "--report-only"]) == 0
+  document = json.loads((folders / "results" / "table5" / "results.json").read_text())
+  assert [run["source"] for run in document["runs"]] == [
+      f"results/runs/{TABLE5_DWS.name}/eval_results.json"]
