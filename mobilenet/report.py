@@ -64,6 +64,9 @@ VARIANT_LABELS = {"dws": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shal
 DATASET_LABELS = (("imagenette", "Imagenette"), ("imagenet", "ImageNet"))
 
 LATENCY_KEYS = results.LATENCY_KEYS
+CPU_PREFIX = "cpu: "  # how devices.description() names a CPU; the export names it bare
+# Words that name a CPU's maker or kind rather than the CPU, left out of its short label.
+MAKER_WORDS = ("Intel", "AMD", "Processor", "CPU")
 BOOKKEEPING_FIELDS = base.BOOKKEEPING_FIELDS
 SEED_FIELD = "seed"
 # What eval_results.json records about how a run was measured that its config.json may not
@@ -127,6 +130,8 @@ class Run:
   litert_int8_ms: Optional[float] = None
   litert_int8_top1: Optional[float] = None
   litert_device: Optional[str] = None
+  # Where train_wall_s was measured, where eval.py later evaluated the run on another device.
+  train_device: Optional[str] = None
   # protocol_settings of its config.json and its MEASUREMENT_KEYS; has_config: whether a
   # config.json was there at all (without one, the training settings are unknown).
   settings: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -135,6 +140,16 @@ class Run:
   @property
   def model_key(self) -> tuple:
     return (self.dataset, self.variant, self.alpha, self.resolution)
+
+  @property
+  def latency_device(self) -> Optional[str]:
+    """The CPU its LiteRT model was timed on, named as `device` names one; None if not timed."""
+    if self.litert_fp32_ms is None:
+      return None
+    if self.litert_device is None:
+      return self.device
+    return self.litert_device if self.litert_device.startswith(CPU_PREFIX) else (
+        CPU_PREFIX + self.litert_device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +165,13 @@ class ModelRow:
   top5_mean: float
   mult_adds: int
   params: int
-  infer_images_per_s_mean: float
   paper: Optional[PaperRow]
-  # Means over the runs that were exported (None where none was), as the other columns.
-  litert_fp32_ms_mean: Optional[float] = None
-  litert_int8_ms_mean: Optional[float] = None
+  # Timings, {device: mean over the row's runs timed there}: a speed measured on one machine
+  # and one measured on another do not average into a speed of either.
+  infer_images_per_s_by_device: dict = dataclasses.field(default_factory=dict)
+  litert_fp32_ms_by_device: dict = dataclasses.field(default_factory=dict)
+  litert_int8_ms_by_device: dict = dataclasses.field(default_factory=dict)
+  # Mean over the runs that were exported (None where none was), as the accuracy columns.
   litert_int8_top1_mean: Optional[float] = None
   litert_int8_top1_spread: Optional[float] = None
   # The settings that tell this row from other rows of the same model; empty when it has none.
@@ -229,7 +246,7 @@ def parse_run(record: Any, source: pathlib.Path) -> Run:
     raise ReportError(str(error)) from None
   seed = None if record.get("seed") is None else int(record["seed"])
   optional = {key: record.get(key) for key in ("train_wall_s", "train_images_per_s",
-                                                *LATENCY_KEYS, "litert_device")}
+                                                *LATENCY_KEYS, "litert_device", "train_device")}
   return Run(
       source=str(source),
       run_name=record.get("name") or source.parent.name or str(source),
@@ -308,6 +325,29 @@ def measured(runs: Sequence[Run], key: str) -> list[float]:
 
 def mean_if_any(values: Sequence[float]) -> Optional[float]:
   return statistics.fmean(values) if values else None
+
+
+def means_by_device(runs: Sequence[Run], key: str,
+                    device_of: Callable[[Run], Optional[str]]) -> dict:
+  """{device: mean of the runs' figure `key` measured there}, devices in name order."""
+  values = collections.defaultdict(list)
+  for run in runs:
+    if getattr(run, key) is not None:
+      values[device_of(run)].append(getattr(run, key))
+  return {device: statistics.fmean(values[device]) for device in sorted(values)}
+
+
+def only_value(by_device: dict) -> Optional[float]:
+  """The figure of a row timed on one device; None for one timed on several, or on none."""
+  return next(iter(by_device.values())) if len(by_device) == 1 else None
+
+
+def timing_devices(rows: Sequence[ModelRow]) -> list[str]:
+  """Every device a timing column of these rows was measured on."""
+  return sorted({device for row in rows
+                 for by_device in (row.infer_images_per_s_by_device,
+                                   row.litert_fp32_ms_by_device, row.litert_int8_ms_by_device)
+                 for device in by_device})
 
 
 def has_latency(rows: Sequence[ModelRow]) -> bool:
@@ -393,9 +433,12 @@ def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
         top5_mean=statistics.fmean(run.top5 for run in model_runs),
         mult_adds=the_same(model_runs, "mult_adds", name),
         params=the_same(model_runs, "params", name),
-        infer_images_per_s_mean=statistics.fmean(run.infer_images_per_s for run in model_runs),
-        litert_fp32_ms_mean=mean_if_any(measured(model_runs, "litert_fp32_ms")),
-        litert_int8_ms_mean=mean_if_any(measured(model_runs, "litert_int8_ms")),
+        infer_images_per_s_by_device=means_by_device(
+            model_runs, "infer_images_per_s", lambda run: run.device),
+        litert_fp32_ms_by_device=means_by_device(
+            model_runs, "litert_fp32_ms", lambda run: run.latency_device),
+        litert_int8_ms_by_device=means_by_device(
+            model_runs, "litert_int8_ms", lambda run: run.latency_device),
         litert_int8_top1_mean=mean_if_any(measured(model_runs, "litert_int8_top1")),
         litert_int8_top1_spread=half_range(measured(model_runs, "litert_int8_top1")),
         paper=paper_row(variant, alpha, resolution, base_resolution), protocol=protocol))
@@ -427,6 +470,35 @@ def format_ms(value: Optional[float]) -> str:
   if value is None:
     return "—"
   return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def device_labels(devices: Sequence[str]) -> dict:
+  """Short names for the devices of one table, so that a timing cell can say where it was
+  measured: "cpu: Intel(R) Xeon(R) Processor, 2 cores" -> "Xeon", or "Xeon 2 cores" where the
+  cores tell two devices apart, or the full names where neither does."""
+  def short(device: str, with_cores: bool) -> str:
+    name, _, cores = device.removeprefix(CPU_PREFIX).partition(",")
+    for mark in ("(R)", "(TM)", "(r)", "(tm)"):
+      name = name.replace(mark, "")
+    words = [word for word in name.split() if word not in MAKER_WORDS]
+    return " ".join(words + (cores.split() if with_cores else []))
+  for with_cores in (False, True):
+    labels = {device: short(device, with_cores) for device in devices}
+    if "" not in labels.values() and len(set(labels.values())) == len(labels):
+      return labels
+  return {device: device for device in devices}
+
+
+def format_timing(by_device: dict, format_value: Callable[[float], str],
+                  labels: Optional[dict]) -> str:
+  """A timing cell: the value, or one value per device, each marked with its device, where a
+  table's timings come from several (labels given); "—" where none was measured."""
+  if not by_device:
+    return "—"
+  if labels is None:
+    return format_value(only_value(by_device))
+  return ", ".join(f"{format_value(value)} ({labels[device]})"
+                   for device, value in by_device.items())
 
 
 def format_duration_or_dash(seconds: Optional[float]) -> str:
@@ -473,12 +545,16 @@ def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
     header += LATENCY_HEADER
   if with_paper:
     header.append("Paper: ImageNet Top-1 / Mult-Adds / Params")
+  devices = timing_devices(rows)
+  labels = device_labels(devices) if len(devices) > 1 else None
   cells = []
   for row in rows:
     line = [row.name, format_accuracy(row), f"{row.mult_adds / 1e6:.0f}",
-            f"{row.params / 1e6:.1f}", format_images_per_s(row.infer_images_per_s_mean)]
+            f"{row.params / 1e6:.1f}",
+            format_timing(row.infer_images_per_s_by_device, format_images_per_s, labels)]
     if with_latency:
-      line += [format_ms(row.litert_fp32_ms_mean), format_ms(row.litert_int8_ms_mean),
+      line += [format_timing(row.litert_fp32_ms_by_device, format_ms, labels),
+               format_timing(row.litert_int8_ms_by_device, format_ms, labels),
                format_percent(row.litert_int8_top1_mean, row.litert_int8_top1_spread)]
     if with_paper:
       line.append(format_paper(row.paper))
@@ -510,15 +586,25 @@ def runs_table(rows: Sequence[ModelRow]) -> list[str]:
   return markdown_table(header, cells, text_columns=("Model", "Run", "Device"))
 
 
+def devices_note(devices: Sequence[str], runs: str) -> str:
+  """Where the timings were measured; with several devices, how the cells mark them."""
+  if len(devices) == 1:
+    return f"on {devices[0]}."
+  labels = device_labels(devices)
+  return ("on several devices, whose timings are never averaged together: each timing cell "
+          f"gives the mean over one device's {runs}, marked with the device: "
+          + "; ".join(device if labels[device] == device else f"{labels[device]} = {device}"
+                      for device in devices) + ".")
+
+
 def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int) -> list[str]:
-  devices = sorted({run.device for row in rows for run in row.runs})
   notes = [
       "Accuracy is top-1 on the evaluation split. Where a model has several runs, the row "
       "shows their mean ± half the range, (max − min) / 2, in percentage points, so that "
       "mean ± spread covers every run; all runs are listed below.",
       "Images/s is the measured inference throughput (mean over runs); train images/s and "
-      "time are the run's training steps, every session added up, evaluation excluded; on "
-      + (devices[0] if len(devices) == 1 else "several devices: " + "; ".join(devices)) + ".",
+      "time are the run's training steps, every session added up, evaluation excluded; "
+      + devices_note(timing_devices(rows), "runs"),
   ]
   if has_latency(rows):
     latency_devices = sorted({run.litert_device or run.device for row in rows for run in row.runs
@@ -564,6 +650,8 @@ def run_to_json(run: Run, with_latency: bool) -> dict:
   """The run as its eval_results.json gave it; its settings are its config.json's."""
   document = dataclasses.asdict(run)
   del document["settings"], document["has_config"]
+  if run.train_device is None:  # trained where it was evaluated, as nearly every run
+    del document["train_device"]
   if not with_latency:
     for key in (*LATENCY_KEYS, "litert_device"):
       del document[key]
@@ -579,9 +667,12 @@ def row_to_json(row: ModelRow, with_latency: bool) -> dict:
       "seeds": [run.seed for run in row.runs],
       "top1_mean": row.top1_mean, "top1_half_range": row.top1_spread,
       "top5_mean": row.top5_mean, "mult_adds": row.mult_adds, "params": row.params,
-      "infer_images_per_s_mean": row.infer_images_per_s_mean,
-      **({"litert_fp32_ms_mean": row.litert_fp32_ms_mean,
-          "litert_int8_ms_mean": row.litert_int8_ms_mean,
+      "infer_images_per_s_mean": only_value(row.infer_images_per_s_by_device),
+      "infer_images_per_s_by_device": row.infer_images_per_s_by_device,
+      **({"litert_fp32_ms_mean": only_value(row.litert_fp32_ms_by_device),
+          "litert_fp32_ms_by_device": row.litert_fp32_ms_by_device,
+          "litert_int8_ms_mean": only_value(row.litert_int8_ms_by_device),
+          "litert_int8_ms_by_device": row.litert_int8_ms_by_device,
           "litert_int8_top1_mean": row.litert_int8_top1_mean,
           "litert_int8_top1_half_range": row.litert_int8_top1_spread}
          if with_latency else {}),
@@ -598,14 +689,22 @@ SPREAD_NOTE = ("top1_half_range = (max - min) / 2 over a model's runs, as a frac
                "a single run")
 
 
+TIMINGS_NOTE = ("*_by_device: a row's timing means over its runs on each device; *_mean: the "
+                "same where the row was timed on one device, null where on several (speeds "
+                "of different machines are not averaged)")
+
+
+def document_head(title: str, base_resolution: int, unfinished: Sequence[str]) -> dict:
+  """What every JSON report opens with: what it is, and how to read its figures."""
+  return {"title": title, "base_resolution": base_resolution, "spread": SPREAD_NOTE,
+          "timings": TIMINGS_NOTE, "unfinished": list(unfinished)}
+
+
 def format_json(rows: Sequence[ModelRow], title: str, base_resolution: int,
                 unfinished: Sequence[str] = ()) -> str:
   with_latency = has_latency(rows)
   document = {
-      "title": title,
-      "base_resolution": base_resolution,
-      "spread": SPREAD_NOTE,
-      "unfinished": list(unfinished),
+      **document_head(title, base_resolution, unfinished),
       "models": [row_to_json(row, with_latency) for row in rows],
       "runs": [run_to_json(run, with_latency) for row in rows for run in row.runs],
   }
@@ -646,7 +745,8 @@ class PlotAxis:
 MULT_ADDS_AXIS = PlotAxis("Million Mult-Adds (log scale)",
                           lambda row: row.mult_adds / 1e6, lambda run: run.mult_adds / 1e6)
 LATENCY_AXIS = PlotAxis("LiteRT fp32 latency, batch 1, one thread (ms, log scale)",
-                        lambda row: row.litert_fp32_ms_mean, lambda run: run.litert_fp32_ms)
+                        lambda row: only_value(row.litert_fp32_ms_by_device),
+                        lambda run: run.litert_fp32_ms)
 
 
 # Where a point's label may go, in points from the point, tried in this order.
@@ -705,10 +805,10 @@ def dataset_colors(rows: Sequence[ModelRow]) -> dict:
 
 def draw_sweeps(axes, rows: Sequence[ModelRow],
                 point_of: Callable[[ModelRow], tuple[float, float]],
-                color_of: Callable[[ModelRow], str]) -> set:
+                color_of: Callable[[ModelRow], str], labelled: Optional[set] = None) -> set:
   """The lines of sweep_families between the rows' (x, y) points, each kind once in the
-  legend; returns the legend entries drawn."""
-  labelled = set()
+  legend (counting the entries already `labelled`); returns the legend entries drawn."""
+  labelled = set() if labelled is None else labelled
   for kind, members in sweep_families(rows):
     axes.plot(*zip(*sorted(map(point_of, members))), SWEEP_LINE_STYLES[kind],
               color=color_of(members[0]), alpha=0.6,
@@ -731,29 +831,67 @@ def finish_axes(axes, x_label: str, title: str) -> None:
 
 
 def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path,
-         x_axis: PlotAxis = MULT_ADDS_AXIS) -> None:
+         x_axis: PlotAxis = MULT_ADDS_AXIS,
+         series_of: Callable[[ModelRow], str] = lambda row: dataset_label(row.dataset)) -> None:
   """Figure 4 of the paper for these runs: a marker per run, lines along each sweep; x is
-  mult-adds as in the paper, or another measure of cost (rows without it are left out)."""
+  mult-adds as in the paper, or another measure of cost (rows without it are left out). Each
+  series (by default a dataset) has its own colour and its own sweep lines."""
   rows = [row for row in rows if x_axis.of_row(row) is not None]
   figure, canvas, axes = new_figure(8)
-  colors = dataset_colors(rows)
-  labelled = draw_sweeps(axes, rows, lambda row: (x_axis.of_row(row), 100 * row.top1_mean),
-                         lambda row: colors[row.dataset])
+  series = sorted({series_of(row) for row in rows})
+  colors = {name: f"C{index}" for index, name in enumerate(series)}
+  # With several series, colour tells the series: the legend then shows shapes in grey.
+  several = len(series) > 1
+  labelled = {*SWEEP_LINE_STYLES, *VARIANT_MARKERS} if several else set()
+  kinds = set()
+  for name in series:
+    members = [row for row in rows if series_of(row) == name]
+    kinds |= {kind for kind, _ in sweep_families(members)}
+    draw_sweeps(axes, members, lambda row: (x_axis.of_row(row), 100 * row.top1_mean),
+                lambda row: colors[name], labelled)
   for row in rows:
     label = VARIANT_LABELS[row.variant] if row.variant not in labelled else None
     labelled.add(row.variant)
     runs = [run for run in row.runs if x_axis.of_run(run) is not None]
     axes.scatter([x_axis.of_run(run) for run in runs], [100 * run.top1 for run in runs],
-                 marker=VARIANT_MARKERS[row.variant], color=colors[row.dataset], alpha=0.8,
+                 marker=VARIANT_MARKERS[row.variant], color=colors[series_of(row)], alpha=0.8,
                  label=label, zorder=3)
+  if several:
+    for kind in sorted(kinds):
+      axes.plot([], [], SWEEP_LINE_STYLES[kind], color="grey", label=f"{kind} sweep")
+    for variant in sorted({row.variant for row in rows}, key=list(VARIANT_MARKERS).index):
+      axes.scatter([], [], marker=VARIANT_MARKERS[variant], color="grey",
+                   label=VARIANT_LABELS[variant])
+    for name in series:
+      axes.plot([], [], color=colors[name], linewidth=6, label=name)
   finish_axes(axes, x_axis.label, title)
   figure.tight_layout()
   # Labels last, once the axes are laid out, so that their measured boxes are final.
   place_labels(axes, canvas.get_renderer(), [
-      (row.name if len(colors) == 1 else f"{row.name} ({dataset_label(row.dataset)})",
+      (row.name if len(series) == 1 else f"{row.name} ({series_of(row)})",
        x_axis.of_row(row), 100 * row.top1_mean)
       for row in sorted(rows, key=lambda row: -row.top1_mean)])
   figure.savefig(path, format="png")
+
+
+def rows_by_latency_device(rows: Sequence[ModelRow], base_resolution: int) -> list[ModelRow]:
+  """The exported runs of these rows, as rows of one latency device each: a latency plot's x
+  compares only within one machine."""
+  timed = [run for row in rows for run in row.runs if run.latency_device is not None]
+  return [row for device in sorted({run.latency_device for run in timed})
+          for row in aggregate([run for run in timed if run.latency_device == device],
+                               base_resolution)]
+
+
+def latency_series(rows: Sequence[ModelRow]) -> Callable[[ModelRow], str]:
+  """Names the series of rows_by_latency_device's rows: the device, and the dataset where the
+  rows have several."""
+  def device_of(row: ModelRow) -> str:
+    return next(iter(row.litert_fp32_ms_by_device))
+  labels = device_labels(sorted({device_of(row) for row in rows}))
+  several_datasets = len({row.dataset for row in rows}) > 1
+  return lambda row: (f"{dataset_label(row.dataset)}, " if several_datasets else "") + (
+      labels[device_of(row)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -869,25 +1007,32 @@ def eval_curve(point: SchedulePoint, run: Run) -> EvalCurve:
   return EvalCurve(point.model, run, tuple(epochs), tuple(top1))
 
 
+def train_time_by_device(runs: Sequence[Run]) -> dict:
+  return means_by_device(runs, "train_wall_s", lambda run: run.train_device or run.device)
+
+
 def format_schedule_markdown(points: Sequence[SchedulePoint], title: str,
                              unfinished: Sequence[str] = ()) -> str:
-  header = ["Model", "Epochs", "Seeds", "Top-1", "Million Mult-Adds", "Train time", "Device"]
-  # Sittings of one study run on machines of different speeds: the train time means nothing
-  # without the device beside it.
+  header = ["Model", "Epochs", "Seeds", "Top-1", "Million Mult-Adds", "Train time"]
+  # Sittings of one study run on machines of different speeds: a train time means nothing
+  # without its device, and the times of two devices do not average.
+  train_times = [train_time_by_device(point.row.runs) for point in points]
+  devices = sorted({device for by_device in train_times for device in by_device})
+  labels = device_labels(devices) if len(devices) > 1 else None
   cells = [[point.model, f"{point.epochs:g}",
             ", ".join("—" if run.seed is None else str(run.seed) for run in point.row.runs),
             format_accuracy(point.row), f"{point.row.mult_adds / 1e6:.0f}",
-            format_duration_or_dash(mean_if_any(measured(point.row.runs, "train_wall_s"))),
-            "; ".join(sorted({run.device for run in point.row.runs}))]
-           for point in points]
+            format_timing(by_device, format_duration, labels)]
+           for point, by_device in zip(points, train_times)]
   runs = [run for point in points for run in point.row.runs]
   datasets = ", ".join(sorted({dataset_label(run.dataset) for run in runs}))
   lines = [f"# {title}", "", *unfinished_note(unfinished),
-           *markdown_table(header, cells, text_columns=("Model", "Seeds", "Device")), "",
+           *markdown_table(header, cells, text_columns=("Model", "Seeds")), "",
            f"Top-1 on the evaluation split ({datasets}) at the end of training; where a model "
            "has several seeds, their mean ± half the range, (max − min) / 2, in percentage "
-           "points. Train time: the training steps of one run, evaluation excluded, mean over "
-           "the seeds, on the device (or devices) of its row: a run's last sitting names it.", "",
+           "points. Train time: the training steps of one run, every sitting added up, "
+           "evaluation excluded, on the device of its last training sitting; "
+           + devices_note(devices, "seeds"), "",
            f"{SCHEDULE_PLOT_FILENAME}: top-1 against the number of epochs (a line per model, a "
            "dot per seed), and each run's top-1 after every evaluation during training, from "
            f"its {metrics.FILENAME}: how far from convergence each schedule ends."]
@@ -898,12 +1043,10 @@ def format_schedule_json(points: Sequence[SchedulePoint], curves: Sequence[EvalC
                          title: str, base_resolution: int, unfinished: Sequence[str] = ()) -> str:
   with_latency = has_latency([point.row for point in points])
   document = {
-      "title": title,
-      "base_resolution": base_resolution,
-      "spread": SPREAD_NOTE,
-      "unfinished": list(unfinished),
+      **document_head(title, base_resolution, unfinished),
       "points": [{"model": point.model, "epochs": point.epochs,
-                  "train_wall_s_mean": mean_if_any(measured(point.row.runs, "train_wall_s")),
+                  "train_wall_s_mean": only_value(train_time_by_device(point.row.runs)),
+                  "train_wall_s_by_device": train_time_by_device(point.row.runs),
                   **row_to_json(point.row, with_latency)} for point in points],
       "curves": [{"model": curve.model, "source": curve.run.source,
                   "run_name": curve.run.run_name, "seed": curve.run.seed,
@@ -994,7 +1137,9 @@ def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_p
   written = [out / MARKDOWN_FILENAME, out / JSON_FILENAME, out / PLOT_FILENAME]
   latency_plot = out / LATENCY_PLOT_FILENAME
   if has_latency(rows):
-    plot(rows, latency_title(rows, title), latency_plot, x_axis=LATENCY_AXIS)
+    timed_rows = rows_by_latency_device(rows, base_resolution)
+    plot(timed_rows, latency_title(rows, title), latency_plot, x_axis=LATENCY_AXIS,
+         series_of=latency_series(timed_rows))
     written.append(latency_plot)
   else:  # an earlier report's plot of other runs would pass for these runs'
     latency_plot.unlink(missing_ok=True)

@@ -381,9 +381,10 @@ def test_committed_runs_rebuild_their_committed_tables(tmp_path):
 
 # ---------------------------------------------------------------- LiteRT latency
 
-def exported(**figures) -> dict:
-  """The keys mobilenet.export merges into eval_results.json (a subset of them)."""
-  return dict(litert_threads=[1], litert_device="cpu: Intel Xeon, 2 cores",
+def exported(litert_device="AMD EPYC x2", **figures) -> dict:
+  """The keys mobilenet.export merges into eval_results.json (a subset of them); the export
+  names the CPU bare, where the trainer's `device` says "cpu: " first."""
+  return dict(litert_threads=[1], litert_device=litert_device,
               litert_fp32_max_rel_error=2e-6, **figures)
 
 
@@ -425,7 +426,7 @@ def test_a_model_never_exported_shows_dashes_in_the_latency_columns(latency_repo
 def test_latency_note_names_the_runtime_and_the_device_it_was_timed_on(latency_report):
   markdown = (latency_report / "results.md").read_text()
   assert "XNNPACK, batch 1, one thread" in markdown
-  assert "cpu: Intel Xeon, 2 cores" in markdown and "not a phone" in markdown
+  assert "On AMD EPYC x2: an x86 CPU" in markdown and "not a phone" in markdown
 
 
 def test_results_json_carries_latency_means_and_each_runs_figures(latency_report):
@@ -448,6 +449,64 @@ def test_latency_plot_is_written_beside_the_mult_adds_plot(latency_report):
   height, width, _ = image.imread(path).shape
   assert width >= 800 and height >= 600
   assert (latency_report / "accuracy_vs_mult_adds.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def two_device_report(tmp_path_factory) -> pathlib.Path:
+  """Conv MobileNet's two seeds trained, evaluated and exported on different CPUs; MobileNet's
+  one seed on one of them."""
+  runs = tmp_path_factory.mktemp("two_device_runs")
+  xeon, epyc = "Intel(R) Xeon(R) Processor, 2 cores", "AMD EPYC, 2 cores"
+  conv = dict(variant="conv", params=28_280_000, mult_adds=1_589_000_000)
+  write_run(runs / "conv_s0", seed=0, top1=0.828, device="cpu: " + xeon, infer_images_per_s=67.2,
+            **conv, **exported(xeon, litert_fp32_ms=37.5, litert_int8_ms=2.3,
+                               litert_int8_top1=0.827))
+  write_run(runs / "conv_s1", seed=1, top1=0.830, device="cpu: " + epyc, infer_images_per_s=52.8,
+            **conv, **exported(epyc, litert_fp32_ms=34.4, litert_int8_ms=8.7,
+                               litert_int8_top1=0.830))
+  write_run(runs / "dws_s0", seed=0, top1=0.859, device="cpu: " + xeon, infer_images_per_s=434.0,
+            **exported(xeon, litert_fp32_ms=2.9, litert_int8_ms=1.0, litert_int8_top1=0.860))
+  out = tmp_path_factory.mktemp("two_device_report")
+  assert report.main([str(path) for path in sorted(runs.iterdir())]
+                     + ["--out", str(out), "--paper", "--base-resolution", "128"]) == 0
+  return out
+
+
+def test_timings_of_different_cpus_are_shown_per_cpu_never_averaged(two_device_report):
+  rows = model_rows(two_device_report)
+  assert rows["Conv MobileNet"][4:8] == [
+      "52.8 (EPYC), 67.2 (Xeon)", "34.4 (EPYC), 37.5 (Xeon)", "8.7 (EPYC), 2.3 (Xeon)",
+      "82.8% ± 0.2"]  # accuracy does not depend on the machine: it stays one mean
+  assert rows["1.0 MobileNet-128"][4:7] == ["434 (Xeon)", "2.9 (Xeon)", "1.0 (Xeon)"]
+  markdown = (two_device_report / "results.md").read_text()
+  assert ("EPYC = cpu: AMD EPYC, 2 cores; Xeon = cpu: Intel(R) Xeon(R) Processor, 2 cores."
+          in markdown)
+
+
+def test_json_gives_timings_per_device_and_no_mean_across_devices(two_device_report):
+  models = {model["name"]: model
+            for model in json.loads((two_device_report / "results.json").read_text())["models"]}
+  conv, dws = models["Conv MobileNet"], models["1.0 MobileNet-128"]
+  assert conv["infer_images_per_s_mean"] is None and conv["litert_int8_ms_mean"] is None
+  assert conv["litert_int8_ms_by_device"] == {"cpu: AMD EPYC, 2 cores": 8.7,
+                                              "cpu: Intel(R) Xeon(R) Processor, 2 cores": 2.3}
+  assert dws["litert_fp32_ms_mean"] == 2.9
+  assert dws["infer_images_per_s_by_device"] == {
+      "cpu: Intel(R) Xeon(R) Processor, 2 cores": 434.0}
+
+
+def test_latency_plot_of_two_cpus_is_still_written(two_device_report):
+  assert (two_device_report / "accuracy_vs_latency.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_device_labels_shorten_cpu_names_add_cores_or_keep_full_names_where_they_collide():
+  assert report.device_labels(["cpu: AMD EPYC 7B13, 2 cores", "gpu: NVIDIA H200 x1"]) == {
+      "cpu: AMD EPYC 7B13, 2 cores": "EPYC 7B13", "gpu: NVIDIA H200 x1": "gpu: NVIDIA H200 x1"}
+  one_cpu_two_shares = ["cpu: AMD EPYC, 1 of 2 cores", "cpu: AMD EPYC, 2 cores"]
+  assert report.device_labels(one_cpu_two_shares) == {
+      "cpu: AMD EPYC, 1 of 2 cores": "EPYC 1 of 2 cores", "cpu: AMD EPYC, 2 cores": "EPYC 2 cores"}
+  same_name = ["cpu: AMD EPYC, 2 cores", "cpu: AMD(R) EPYC, 2 cores"]
+  assert report.device_labels(same_name) == {device: device for device in same_name}
 
 
 def test_without_any_exported_run_there_are_no_latency_columns_keys_or_plot(sweep, tmp_path):
@@ -508,8 +567,9 @@ def write_metrics(folder: pathlib.Path, *records: dict) -> None:
 def write_study_run(folder: pathlib.Path, epochs: float, seed: int, top1: float,
                     variant: str = "dws", **overrides) -> pathlib.Path:
   """A finished run trained for `epochs` (100 steps each), evaluated after every epoch."""
-  run = write_run(folder, seed=seed, top1=top1, variant=variant, step=round(100 * epochs),
-                  train_wall_s=60.0 * epochs, **overrides)
+  run = write_run(folder, **{"seed": seed, "top1": top1, "variant": variant,
+                              "step": round(100 * epochs), "train_wall_s": 60.0 * epochs,
+                              **overrides})
   write_config(run, seed=seed, train__num_epochs=epochs, model__variant=variant)
   write_metrics(run, *[dict(step=100 * epoch, kind="eval", top1=top1 * epoch / epochs)
                        for epoch in range(1, round(epochs) + 1)])
@@ -536,12 +596,36 @@ def test_schedule_table_has_a_row_per_model_and_epoch_count_with_seeds_merged(sc
   markdown = (schedule_report / "schedule.md").read_text()
   assert markdown.startswith("# Study")
   assert table_rows(markdown, "# Study") == [
-      ["1.0 MobileNet-128", "5", "0, 1", "61.0% ± 1.0 (2 seeds)", "186", "5m00s",
-       "cpu: AMD EPYC x2"],
-      ["1.0 MobileNet-128", "20", "0, 1", "80.5% ± 0.5 (2 seeds)", "186", "20m00s",
-       "cpu: AMD EPYC x2"],
-      ["Conv MobileNet", "5", "0", "70.0%", "1606", "5m00s", "cpu: AMD EPYC x2"]]
+      ["1.0 MobileNet-128", "5", "0, 1", "61.0% ± 1.0 (2 seeds)", "186", "5m00s"],
+      ["1.0 MobileNet-128", "20", "0, 1", "80.5% ± 0.5 (2 seeds)", "186", "20m00s"],
+      ["Conv MobileNet", "5", "0", "70.0%", "1606", "5m00s"]]
+  assert "evaluation excluded, on the device of its last training sitting; on cpu: AMD EPYC x2." in (
+      markdown)
   assert not (schedule_report / "results.md").exists()
+
+
+def test_schedule_train_times_of_seeds_on_different_devices_are_shown_per_device(tmp_path):
+  paths = [write_study_run(tmp_path / "s0", 5.0, 0, 0.60, device="cpu: AMD EPYC, 1 of 2 cores",
+                           train_wall_s=1800.0),
+           write_study_run(tmp_path / "s1", 5.0, 1, 0.62,
+                           device="cpu: Intel(R) Xeon(R) Processor, 2 cores", train_wall_s=1200.0)]
+  assert report.main([str(path) for path in paths] + [
+      "--out", str(tmp_path / "out"), "--schedule", "--base-resolution", "128"]) == 0
+  markdown = (tmp_path / "out" / "schedule.md").read_text()
+  assert table_rows(markdown, "# ")[0][5] == "30m00s (EPYC), 20m00s (Xeon)"
+  assert "EPYC = cpu: AMD EPYC, 1 of 2 cores; Xeon = cpu: Intel(R) Xeon(R) Processor" in markdown
+  point = json.loads((tmp_path / "out" / "schedule.json").read_text())["points"][0]
+  assert point["train_wall_s_mean"] is None
+  assert point["train_wall_s_by_device"] == {"cpu: AMD EPYC, 1 of 2 cores": 1800.0,
+                                             "cpu: Intel(R) Xeon(R) Processor, 2 cores": 1200.0}
+
+
+def test_a_run_evaluated_again_elsewhere_keeps_its_train_time_on_its_training_device(tmp_path):
+  run = write_study_run(tmp_path / "s0", 5.0, 0, 0.60, device="cpu: Intel(R) Xeon(R), 2 cores",
+                        train_device="cpu: AMD EPYC, 2 cores", train_wall_s=1800.0)
+  assert report.main([str(run), "--out", str(tmp_path / "out"), "--schedule"]) == 0
+  point = json.loads((tmp_path / "out" / "schedule.json").read_text())["points"][0]
+  assert point["train_wall_s_by_device"] == {"cpu: AMD EPYC, 2 cores": 1800.0}
 
 
 def test_schedule_json_holds_the_points_and_each_runs_curve_in_epochs(schedule_report):
