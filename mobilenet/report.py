@@ -489,6 +489,12 @@ def device_labels(devices: Sequence[str]) -> dict:
   return {device: device for device in devices}
 
 
+def timing_labels(devices: Sequence[str]) -> Optional[dict]:
+  """device_labels for a table's timing cells; None where every timing comes from one device
+  (its cells then go unmarked and the note under the table names it)."""
+  return device_labels(devices) if len(devices) > 1 else None
+
+
 def format_timing(by_device: dict, format_value: Callable[[float], str],
                   labels: Optional[dict]) -> str:
   """A timing cell: the value, or one value per device, each marked with its device, where a
@@ -546,7 +552,7 @@ def models_table(rows: Sequence[ModelRow], with_paper: bool) -> list[str]:
   if with_paper:
     header.append("Paper: ImageNet Top-1 / Mult-Adds / Params")
   devices = timing_devices(rows)
-  labels = device_labels(devices) if len(devices) > 1 else None
+  labels = timing_labels(devices)
   cells = []
   for row in rows:
     line = [row.name, format_accuracy(row), f"{row.mult_adds / 1e6:.0f}",
@@ -607,13 +613,13 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
       + devices_note(timing_devices(rows), "runs"),
   ]
   if has_latency(rows):
-    latency_devices = sorted({run.litert_device or run.device for row in rows for run in row.runs
-                              if run.litert_fp32_ms is not None})
+    latency_devices = sorted({run.latency_device.removeprefix(CPU_PREFIX) for row in rows
+                              for run in row.runs if run.latency_device is not None})
     notes.append(
         "LiteRT: the run exported by `python -m mobilenet.export --int8`, timed with the LiteRT "
         "interpreter and XNNPACK, batch 1, one thread, median of repeated runs (mean over a "
-        "model's exported runs); int8 top-1 is the full-integer model's accuracy on the whole "
-        "evaluation split (mean ± half the range); — where a run was not exported. On "
+        "model's exported runs on one CPU); int8 top-1 is the full-integer model's accuracy on "
+        "the whole evaluation split (mean ± half the range); — where a run was not exported. On "
         + "; ".join(latency_devices) + ": an x86 CPU running the mobile runtime's kernels, "
         "not a phone.")
   if with_paper:
@@ -798,9 +804,9 @@ def new_figure(width: float, panels: int = 1):
   return figure, FigureCanvasAgg(figure), figure.subplots(1, panels)
 
 
-def dataset_colors(rows: Sequence[ModelRow]) -> dict:
-  datasets = sorted({row.dataset for row in rows})
-  return {dataset: f"C{index}" for index, dataset in enumerate(datasets)}
+def series_colors(names: Iterable[str]) -> dict:
+  """A colour of matplotlib's cycle for each series, in name order."""
+  return {name: f"C{index}" for index, name in enumerate(sorted(set(names)))}
 
 
 def draw_sweeps(axes, rows: Sequence[ModelRow],
@@ -838,8 +844,8 @@ def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path,
   series (by default a dataset) has its own colour and its own sweep lines."""
   rows = [row for row in rows if x_axis.of_row(row) is not None]
   figure, canvas, axes = new_figure(8)
-  series = sorted({series_of(row) for row in rows})
-  colors = {name: f"C{index}" for index, name in enumerate(series)}
+  colors = series_colors(series_of(row) for row in rows)
+  series = list(colors)
   # With several series, colour tells the series: the legend then shows shapes in grey.
   several = len(series) > 1
   labelled = {*SWEEP_LINE_STYLES, *VARIANT_MARKERS} if several else set()
@@ -937,7 +943,7 @@ def plot_beside_paper(rows: Sequence[ModelRow], title: str, path: pathlib.Path) 
   runs), beside the paper's ImageNet points for the same models, so that the two trade-offs
   compare at a glance (each panel on its own scales: the numbers do not compare)."""
   figure, canvas, (ours, theirs) = new_figure(15, panels=2)
-  colors = dataset_colors(rows)
+  colors = series_colors(row.dataset for row in rows)
   in_paper = list({row.paper.name: row for row in rows if row.paper is not None}.values())
   labels = [(ours, draw_models(ours, rows, measured_point, lambda row: colors[row.dataset])),
             (theirs, draw_models(theirs, in_paper, paper_point, lambda row: PAPER_COLOR))]
@@ -1018,7 +1024,7 @@ def format_schedule_markdown(points: Sequence[SchedulePoint], title: str,
   # without its device, and the times of two devices do not average.
   train_times = [train_time_by_device(point.row.runs) for point in points]
   devices = sorted({device for by_device in train_times for device in by_device})
-  labels = device_labels(devices) if len(devices) > 1 else None
+  labels = timing_labels(devices)
   cells = [[point.model, f"{point.epochs:g}",
             ", ".join("—" if run.seed is None else str(run.seed) for run in point.row.runs),
             format_accuracy(point.row), f"{point.row.mult_adds / 1e6:.0f}",
@@ -1039,15 +1045,19 @@ def format_schedule_markdown(points: Sequence[SchedulePoint], title: str,
   return "\n".join(lines) + "\n"
 
 
+def schedule_point_to_json(point: SchedulePoint, with_latency: bool) -> dict:
+  train_times = train_time_by_device(point.row.runs)
+  return {"model": point.model, "epochs": point.epochs,
+          "train_wall_s_mean": only_value(train_times), "train_wall_s_by_device": train_times,
+          **row_to_json(point.row, with_latency)}
+
+
 def format_schedule_json(points: Sequence[SchedulePoint], curves: Sequence[EvalCurve],
                          title: str, base_resolution: int, unfinished: Sequence[str] = ()) -> str:
   with_latency = has_latency([point.row for point in points])
   document = {
       **document_head(title, base_resolution, unfinished),
-      "points": [{"model": point.model, "epochs": point.epochs,
-                  "train_wall_s_mean": only_value(train_time_by_device(point.row.runs)),
-                  "train_wall_s_by_device": train_time_by_device(point.row.runs),
-                  **row_to_json(point.row, with_latency)} for point in points],
+      "points": [schedule_point_to_json(point, with_latency) for point in points],
       "curves": [{"model": curve.model, "source": curve.run.source,
                   "run_name": curve.run.run_name, "seed": curve.run.seed,
                   "epochs": curve.epochs, "top1": curve.top1} for curve in curves],

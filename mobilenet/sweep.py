@@ -119,7 +119,7 @@ def committed_run(row: Row) -> pathlib.Path:
   return RESULTS / "runs" / row.name
 
 
-def as_given(path: pathlib.Path) -> pathlib.Path:
+def relative_to_cwd(path: pathlib.Path) -> pathlib.Path:
   """The path from the working directory where it lies below it: the reports record their
   runs' sources, and a committed report should not carry one machine's absolute paths."""
   try:
@@ -394,7 +394,8 @@ def rebuild_report(rows: Sequence[Row], out: pathlib.Path, title: str, *report_f
     print(f"{out.name}: no finished rows yet", file=sys.stderr)
     return 0
   unfinished = [row.name for row in rows if row not in done]
-  return report.main([*(str(as_given(committed_run(row))) for row in done), "--out", str(out),
+  sources = [str(relative_to_cwd(committed_run(row))) for row in done]
+  return report.main([*sources, "--out", str(out),
                       "--base-resolution", str(BASE_RESOLUTION), "--title", title, *report_flags,
                       *(["--unfinished", *unfinished] if unfinished else [])])
 

@@ -495,6 +495,19 @@ def test_json_gives_timings_per_device_and_no_mean_across_devices(two_device_rep
       "cpu: Intel(R) Xeon(R) Processor, 2 cores": 434.0}
 
 
+def test_latency_note_names_each_cpu_once_whether_the_export_named_it_or_not(tmp_path):
+  epyc = "AMD EPYC, 2 cores"
+  write_run(tmp_path / "named", seed=0, device="cpu: " + epyc,
+            **exported(epyc, litert_fp32_ms=3.0, litert_int8_ms=1.0, litert_int8_top1=0.7))
+  write_run(tmp_path / "unnamed", seed=1, device="cpu: " + epyc,  # an export that named none
+            **exported(None, litert_fp32_ms=3.2, litert_int8_ms=1.1, litert_int8_top1=0.7))
+  out = tmp_path / "report"
+  assert report.main([str(tmp_path / "named"), str(tmp_path / "unnamed"), "--out", str(out)]) == 0
+  markdown = (out / "results.md").read_text()
+  assert "mean over a model's exported runs on one CPU" in markdown
+  assert f"On {epyc}: an x86 CPU" in markdown
+
+
 def test_latency_plot_of_two_cpus_is_still_written(two_device_report):
   assert (two_device_report / "accuracy_vs_latency.png").read_bytes()[:8] == PNG_SIGNATURE
 
