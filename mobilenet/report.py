@@ -594,6 +594,8 @@ def runs_table(rows: Sequence[ModelRow]) -> list[str]:
 
 def devices_note(devices: Sequence[str], runs: str) -> str:
   """Where the timings were measured; with several devices, how the cells mark them."""
+  if not devices:  # only optional timings (train time), and no run recorded one
+    return "none was recorded."
   if len(devices) == 1:
     return f"on {devices[0]}."
   labels = device_labels(devices)

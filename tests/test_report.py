@@ -633,6 +633,15 @@ def test_schedule_train_times_of_seeds_on_different_devices_are_shown_per_device
                                              "cpu: Intel(R) Xeon(R) Processor, 2 cores": 1200.0}
 
 
+def test_schedule_runs_without_a_train_time_show_a_dash_and_say_none_was_recorded(tmp_path):
+  run = write_study_run(tmp_path / "s0", 5.0, 0, 0.60, train_wall_s=None)
+  assert report.main([str(run), "--out", str(tmp_path / "out"), "--schedule"]) == 0
+  markdown = (tmp_path / "out" / "schedule.md").read_text()
+  assert table_rows(markdown, "# ")[0][5] == "—"
+  assert "on the device of its last training sitting; none was recorded." in markdown
+  assert "several devices" not in markdown
+
+
 def test_a_run_evaluated_again_elsewhere_keeps_its_train_time_on_its_training_device(tmp_path):
   run = write_study_run(tmp_path / "s0", 5.0, 0, 0.60, device="cpu: Intel(R) Xeon(R), 2 cores",
                         train_device="cpu: AMD EPYC, 2 cores", train_wall_s=1800.0)
