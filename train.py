@@ -23,7 +23,7 @@ from mobilenet import cli, trainer  # pylint: disable=g-import-not-at-top
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:alpha=0.5]",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
-                    "(default: runs/<variant>_a<alpha>_r<resolution>_s<seed>)")
+                    "(default: runs/<dataset>/<variant>_a<alpha>_r<resolution>_s<seed>)")
 FLAGS = flags.FLAGS
 
 

@@ -17,22 +17,6 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 IMAGENETTE_FOLDER = os.environ.get(
     "MOBILENET_IMAGENETTE_DIR", str(PROJECT_ROOT.parent / "shared" / "data" / "imagenette2-224"))
 
-# Fields that decide the shapes of the parameters: a checkpoint restores only into a model that
-# agrees on them (the optimizer state's shapes are checked against the checkpoint's own tree).
-MODEL_FIELDS = ("model.variant", "model.alpha", "model.num_classes")
-# Fields that also decide what evaluating a checkpoint computes: eval.py takes them from the
-# checkpoint and refuses a flag or config file that says otherwise.
-EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "data.resolution")
-# Where the data and runs live, how often to log, evaluate or save, and which implementation
-# computes the same function: runs that differ only in these fields measure the same thing.
-# Every other field (but the seed) changes what a run measures.
-BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.prefetch_batches",
-                      "data.on_corrupt", "model.depthwise_impl", "model.pointwise_impl",
-                      "model.standard_impl", "train.eval_batch_size", "train.log_every_steps",
-                      "train.eval_every_steps", "train.checkpoint_every_steps",
-                      "train.keep_checkpoints", "train.inference_benchmark_s", "train.profile_steps",
-                      "distributed")
-
 # Names the argument string may set, and the config fields they stand for.
 SHORTHANDS = {
     "variant": "model.variant",

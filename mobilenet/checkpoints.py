@@ -20,8 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from configs import base
-from mobilenet import errors
+from mobilenet import errors, protocol
 
 SUBDIRECTORY = "checkpoints"
 STATE, CONFIG, PROGRESS = "state", "config", "progress"
@@ -37,12 +36,33 @@ def lookup(config, dotted: str):
 
 def check_same_model(saved: dict, current: dict, workdir: str) -> None:
   """Refuses a checkpoint of another model, naming the field (before anything is compiled)."""
-  for field in base.MODEL_FIELDS:
+  for field in protocol.MODEL_FIELDS:
     if lookup(saved, field) != lookup(current, field):
       raise errors.IncompatibleCheckpoint(
           f"{workdir} holds a checkpoint of a different model: {field} is "
           f"{lookup(saved, field)!r} there but {lookup(current, field)!r} in this config; "
           "use another --workdir or the checkpoint's config")
+
+
+def check_same_run(saved: dict, current: dict, workdir: str) -> None:
+  """Refuses to resume a run under another config (protocol.run_identity: the recipe, the
+  schedule's length, the seed, the dataset), naming the first difference and the ways out;
+  what differs only in bookkeeping (paths, logging, implementations) resumes."""
+  saved_identity, current_identity = protocol.run_identity(saved), protocol.run_identity(current)
+  differences = protocol.differing_fields(saved_identity, current_identity)
+  if not differences:
+    return
+  field = differences[0]
+  more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+  if field == protocol.DATASET_FIELD:
+    where = (f"--config.data.folder={saved['data']['folder']}" if saved["data"]["source"] == "folder"
+             else f"--config.data.tfds_name={saved['data']['tfds_name']}")
+  else:
+    where = f"--config.{field}={saved_identity[field]}"
+  raise errors.DifferentRun(
+      f"{workdir} holds a run started with {field}={saved_identity[field]!r}, but this config has "
+      f"{current_identity[field]!r}{more}; use another --workdir for a new run, or resume that "
+      f"one with its own settings ({where}; all of them in {os.path.join(workdir, 'config.json')})")
 
 
 def _path_names(path) -> tuple:

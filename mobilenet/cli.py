@@ -12,12 +12,27 @@ from ml_collections import config_flags
 
 from configs import base
 from mobilenet import checkpoints, costs, devices, errors, input as input_lib
-from mobilenet import model, optim, trainer
+from mobilenet import model, optim, protocol, trainer
+
+
+# The protocol's folder (configs/base.py's default), which tools/prepare_imagenette.py makes.
+PROTOCOL_DATASET = "imagenette2-224"
+
+
+def check_protocol_folder(data: ml_collections.ConfigDict) -> None:
+  """A missing protocol folder (a clone without ../shared) names the command that makes it."""
+  if (data.source == "folder" and not os.path.isdir(data.folder)
+      and protocol.dataset_name(data) == PROTOCOL_DATASET):
+    raise errors.ConfigError(
+        f"config.data.folder: no such directory: {data.folder}; make it with `python -m "
+        f"tools.prepare_imagenette --out={data.folder}` (Imagenette2 through tensorflow-datasets, "
+        "1.5 GB download), or point --config.data.folder at a folder of <split>/<class>/ images")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field; runs before anything is compiled. Each
   section is checked by the module that owns its choices."""
+  check_protocol_folder(config.data)
   model.check_config(config.model)
   try:
     costs.check_resolution(config.data.resolution)
@@ -29,8 +44,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """runs/<dataset>/<variant>_a<alpha>_r<resolution>_s<seed>: the same model on two datasets
+  never shares a workdir (any other difference is refused when resuming)."""
   m = config.model
-  return os.path.join("runs", f"{m.variant}_a{m.alpha:g}_r{config.data.resolution}_s{config.seed}")
+  return os.path.join("runs", protocol.dataset_name(config.data),
+                      f"{m.variant}_a{m.alpha:g}_r{config.data.resolution}_s{config.seed}")
 
 
 def check_writable(workdir: str) -> None:
@@ -113,7 +131,7 @@ def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides:
   """
   config = base.get_base_config()
   _update_known_fields(config, saved)
-  trained = {field: checkpoints.lookup(config, field) for field in base.EVALUATION_FIELDS}
+  trained = {field: checkpoints.lookup(config, field) for field in protocol.EVALUATION_FIELDS}
   hint = "; eval.py reads the model from the checkpoint, so --config can be left out"
   if file_config is not None:
     for field, value in trained.items():

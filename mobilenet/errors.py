@@ -30,6 +30,10 @@ class IncompatibleCheckpoint(UserError, ValueError):
   """A checkpoint of another model (or, to resume training, another optimizer)."""
 
 
+class DifferentRun(UserError, ValueError):
+  """A workdir whose run was started under other settings than the config asks to resume."""
+
+
 class CheckpointNotWritten(UserError, RuntimeError):
   """A save that failed (disk full, read-only folder); the earlier checkpoints are intact."""
 

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from mobilenet import allocator, checkpoints, devices, errors, metrics, optim, report, results
+from mobilenet import allocator, checkpoints, devices, errors, metrics, optim, protocol, results
 from mobilenet import trainer
 from mobilenet.input import Dataset
 
@@ -312,7 +312,7 @@ def load_run(workdir: str, framework: str) -> dict:
       "workdir": workdir, "framework": framework, "seed": record.get("seed", config.get("seed")),
       "top1": record["top1"], "step": record["step"],
       "epochs": epochs, "top1_per_epoch": top1_per_epoch,
-      "recipe": report.protocol_settings(config, ignoring=(report.SEED_FIELD,)),
+      "recipe": protocol.settings(config, ignoring=(protocol.SEED_FIELD,)),
   }
 
 
@@ -330,7 +330,7 @@ def compare(jax_workdirs: list[str], torch_workdirs: list[str], out: str) -> dic
   # Runs of one recipe differ in the seed only; anything else is reported, not hidden.
   differences = {}
   for run in runs[1:]:
-    fields = report.differing_fields(reference, run["recipe"])
+    fields = protocol.differing_fields(reference, run["recipe"])
     if fields:
       differences[run["workdir"]] = {f: [reference[f], run["recipe"][f]] for f in fields}
       print(f"warning: {run['workdir']} was trained with another recipe than "

@@ -9,7 +9,7 @@ import os
 import pathlib
 from typing import Any
 
-from mobilenet import costs, errors
+from mobilenet import costs, errors, protocol
 
 FILENAME = "eval_results.json"
 NUMBER = (int, float)
@@ -118,8 +118,7 @@ def evaluation_record(config, step: int, totals: dict, device: str) -> dict:
       "params": cost.params, "mult_adds": cost.mult_adds,
       "variant": config.model.variant, "alpha": config.model.alpha,
       "resolution": config.data.resolution, "eval_split": config.data.eval_split,
-      "dataset": (config.data.tfds_name.split("/")[0] if config.data.source == "tfds"
-                  else os.path.basename(os.path.normpath(config.data.folder))),
+      "dataset": protocol.dataset_name(config.data),
       "step": int(step), "seed": config.seed, "device": device,
   }
 

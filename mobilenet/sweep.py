@@ -53,6 +53,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mobilenet import lanes
+from mobilenet import protocol
 from mobilenet import report
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -145,10 +146,10 @@ def requested_config(config: str, extra_flags: list[str]) -> dict:
 
 def config_differences(stored: dict, requested: dict) -> list[str]:
   """`field=stored, now requested` for each field, present in both, that changes the result
-  (report.protocol_settings: the same definition by which the report merges seeds)."""
-  old, new = report.protocol_settings(stored), report.protocol_settings(requested)
+  (mobilenet.protocol: the same rule by which train.py resumes and the report merges seeds)."""
+  old, new = protocol.settings(stored), protocol.settings(requested)
   return [f"{field}={old[field]!r}, the sweep now asks for {new[field]!r}"
-          for field in report.differing_fields(old, new)]
+          for field in protocol.differing_fields(old, new)]
 
 
 def stale_reason(row: Row, runs: pathlib.Path, requested: dict) -> str | None:

@@ -5,6 +5,7 @@ Training time is kept in each checkpoint, so a run resumed many times still repo
 all its steps (redone steps counted once, evaluation and start-up excluded).
 """
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -104,7 +105,7 @@ class RemainingTime:
 
   The first step of a session includes compiling the step (and restoring, after a resume),
   and earlier sessions ran at their own speed: neither says how fast the remaining steps go.
-  Until a second step has finished, the estimate uses the interval being logged.
+  Until a second step has finished there is no estimate (None).
   """
 
   def __init__(self, total_steps: int):
@@ -114,18 +115,20 @@ class RemainingTime:
   def first_step_done(self, step: int, now: float) -> None:
     self._since = (step, now)
 
-  def seconds(self, step: int, now: float, interval_step_time_s: float) -> float:
+  def seconds(self, step: int, now: float) -> float | None:
     if self._since is None or step <= self._since[0]:
-      step_time = interval_step_time_s
-    else:
-      step_time = (now - self._since[1]) / (step - self._since[0])
-    return (self.total_steps - step) * step_time
+      return None
+    return (self.total_steps - step) * (now - self._since[1]) / (step - self._since[0])
 
 
 class Progress:
   """Step metrics, checked on the host every `log_every` steps and before anything is saved or
   evaluated: a non-finite loss or state stops the run; the means and the ETA are logged; the
-  interval's time is added to the training time (evaluations are left out)."""
+  interval's time is added to the training time (evaluations are left out).
+
+  The speed of a line leaves out the session's first step (compiling, restoring): a line whose
+  interval holds only that step has no speed and no ETA.
+  """
 
   def __init__(self, plan: RunPlan, schedule, writer: metrics.MetricWriter,
                checkpointer: checkpoints.Checkpointer, train_seconds: float):
@@ -133,13 +136,18 @@ class Progress:
     self.train_seconds = train_seconds  # over every session so far
     self.remaining_time = RemainingTime(plan.total_steps)
     self._pending = []  # (step, device metrics) not yet checked on the host
+    self._untimed = 0  # of them, the session's first step, timed apart
     self._interval_start = time.perf_counter()
 
   def add(self, step: int, step_metrics: dict, *, first_of_session: bool) -> None:
     self._pending.append((step, step_metrics))
-    if first_of_session:  # it compiled the step: the ETA counts the steps after it
+    if first_of_session:  # it compiled the step: training time, but not the speed
       jax.block_until_ready(step_metrics)
-      self.remaining_time.first_step_done(step, time.perf_counter())
+      now = time.perf_counter()
+      self.remaining_time.first_step_done(step, now)
+      self.train_seconds += now - self._interval_start
+      self._interval_start = now
+      self._untimed = len(self._pending)
 
   def due(self, step: int) -> bool:
     return step % self.plan.log_every == 0 or step == self.plan.total_steps
@@ -161,20 +169,26 @@ class Progress:
         kept = (f"the last good checkpoint (step {last_good}) is kept in "
                 f"{self.checkpointer.directory}" if last_good else "no checkpoint was saved before it")
         raise errors.NonFiniteLoss(f"{problem} at step {step}; stopping: {kept}")
-    elapsed = time.perf_counter() - self._interval_start
+    now = time.perf_counter()
+    elapsed = now - self._interval_start
     self.train_seconds += elapsed
     means = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0]
              if name != steps_lib.STATE_IS_FINITE}
-    images_per_s = len(fetched) * self.plan.global_batch / max(elapsed, 1e-9)
-    means.update(learning_rate=float(self.schedule(now_step - 1)), images_per_s=images_per_s,
-                 step_time_s=elapsed / len(fetched), steps=len(fetched))
+    means.update(learning_rate=float(self.schedule(now_step - 1)), steps=len(fetched))
+    timed = len(fetched) - self._untimed
+    if timed:
+      means.update(images_per_s=timed * self.plan.global_batch / max(elapsed, 1e-9),
+                   step_time_s=elapsed / timed)
     self.writer.write(now_step, "train", means)
-    remaining = self.remaining_time.seconds(now_step, time.perf_counter(), means["step_time_s"])
+    remaining = self.remaining_time.seconds(now_step, now)
+    speed = (f"{means['images_per_s']:7.1f} img/s" if timed
+             else "first step of the session (compiled)")
+    eta = "" if remaining is None else f"  ETA {metrics.format_duration(remaining)}"
     metrics.console(
         f"step {now_step:>6}/{self.plan.total_steps}  loss {means['loss']:.4f}  "
-        f"acc {100 * means['accuracy']:5.1f}%  lr {means['learning_rate']:.5f}  "
-        f"{images_per_s:7.1f} img/s  ETA {metrics.format_duration(remaining)}")
+        f"acc {100 * means['accuracy']:5.1f}%  lr {means['learning_rate']:.5f}  {speed}{eta}")
     self._pending = []
+    self._untimed = 0
     self._interval_start = time.perf_counter()
 
 
@@ -263,9 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                 before_commit=lambda: HOOKS.save_committing()) as checkpointer:
     start_step = checkpointer.latest_step() or 0
-    if start_step:  # another model's checkpoint is refused now, before anything is compiled
-      checkpoints.check_same_model(checkpointer.saved_config(start_step), config.to_dict(),
-                                   workdir)
+    if start_step:  # another run's checkpoint is refused now, before anything is compiled
+      checkpoints.check_same_run(checkpointer.saved_config(start_step),
+                                 json.loads(config.to_json_best_effort()), workdir)
     finished = results.finished_run(workdir, start_step, plan.total_steps)
     if finished is not None:  # nothing to train or evaluate again, nothing to append to the logs
       metrics.console(f"This run is finished (step {start_step} of {plan.total_steps}); its "

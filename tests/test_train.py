@@ -18,13 +18,15 @@ from tests.conftest import (PROJECT_ROOT, TINY, changes, final_state, leaves,
 
 
 def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tmp_path):
+  """The first session is killed (SIGKILL) in its third step, after the epoch's checkpoint."""
   workdir = tmp_path / "run"
-  first = run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1))
-  assert "final eval at step 2" in first.stdout
+  first = run_script("tests/fault_injection.py", "train:3",
+                     *train_flags(tiny_image_folder, workdir, epochs=2), check=False)
+  assert first.returncode == -9 and "eval at step 2" in first.stdout
   assert (workdir / "checkpoints" / "2").is_dir()
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert {"train", "eval"} == {r["kind"] for r in records}
-  assert all(key in records[0] for key in ("loss", "accuracy", "learning_rate", "images_per_s",
+  assert all(key in records[1] for key in ("loss", "accuracy", "learning_rate", "images_per_s",
                                            "step_time_s"))
   assert list((workdir / "tensorboard").iterdir())
 
@@ -239,3 +241,47 @@ def test_eval_py_alone_evaluates_a_32_px_run_and_keeps_its_training_fields(tiny_
   assert evaluated["num_examples"] == 9
   for field in ("train_wall_s", "train_images_per_s", "session_train_wall_s"):
     assert evaluated[field] == trained[field], field
+
+
+def _files(folder: pathlib.Path) -> dict:
+  return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*"))
+          if path.is_file()}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"optimizer.learning_rate": 0.2}, "optimizer.learning_rate"),
+    ({"train.num_epochs": 2.0}, "train.num_epochs"),
+    ({"seed": 1}, "seed"),
+    ({"data.folder": "OTHER"}, "dataset"),
+])
+def test_resuming_under_other_settings_is_refused_in_one_line_and_changes_nothing(
+    tiny_image_folder, tmp_path, change, field):
+  """A finished run's workdir, then the same command with one setting changed: a longer schedule,
+  another seed or another dataset (a copy of the folder under another name) is another run."""
+  workdir = tmp_path / "run"
+  run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1))
+  before = _files(workdir)
+  if change.get("data.folder") == "OTHER":
+    other = tmp_path / "other-dataset"
+    shutil.copytree(tiny_image_folder, other)
+    change = {"data.folder": other}
+  result = run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1, **change),
+                      check=False)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith(f"error: {workdir} holds a run started with {field}="), message
+  assert "use another --workdir" in message and str(workdir / "config.json") in message
+  assert _files(workdir) == before
+
+
+def test_resuming_with_other_bookkeeping_trains_on(tiny_image_folder, tmp_path):
+  """The same data at another path, other logging and another implementation: the same run."""
+  workdir = tmp_path / "run"
+  run_script("tests/fault_injection.py", "train:3",
+             *train_flags(tiny_image_folder, workdir, epochs=2), check=False)
+  moved = tmp_path / "moved" / tiny_image_folder.name
+  shutil.copytree(tiny_image_folder, moved)
+  result = run_script("train.py", *train_flags(moved, workdir, epochs=2, **{
+      "train.log_every_steps": 2, "model.depthwise_impl": "grouped"}))
+  assert "Resumed from the checkpoint of step 2" in result.stdout
+  assert "final eval at step 4" in result.stdout

@@ -23,11 +23,11 @@ class Recorder:
     self.records.append((step, kind, scalars))
 
 
-def _progress(monkeypatch, train_seconds=0.0, log_every=2):
+def _progress(monkeypatch, train_seconds=0.0, log_every=2, total_steps=10):
   clock = FakeClock()
   monkeypatch.setattr(trainer.time, "perf_counter", clock)
   monkeypatch.setattr(trainer.metrics, "console", lambda message: None)
-  plan = types.SimpleNamespace(total_steps=10, log_every=log_every, global_batch=4)
+  plan = types.SimpleNamespace(total_steps=total_steps, log_every=log_every, global_batch=4)
   checkpointer = types.SimpleNamespace(latest_step=lambda: 2, directory="/run/checkpoints")
   writer = Recorder()
   progress = trainer.Progress(plan, lambda step: 0.1, writer, checkpointer, train_seconds)
@@ -53,7 +53,29 @@ def test_training_time_adds_the_logged_intervals_to_the_checkpoints_and_skips_ev
   progress.check(3)
   assert progress.train_seconds == pytest.approx(100.0 + 2.0 + 3.0)
   assert [(step, kind) for step, kind, _ in writer.records] == [(2, "train"), (3, "train")]
-  assert writer.records[0][2]["images_per_s"] == pytest.approx(2 * 4 / 2.0)
+  # The first step (compiling) is training time, but not in the speed: step 2 alone, 1 s.
+  assert writer.records[0][2]["images_per_s"] == pytest.approx(4 / 1.0)
+
+
+def test_a_line_after_a_resume_reports_no_speed_until_a_step_after_the_compiling_one(
+    monkeypatch):
+  """Resumed at step 59, logged every 20 steps: the line at step 60 holds only the session's
+  first step (7 s, compiling), the line at 80 the twenty 0.5 s steps after it."""
+  lines = []
+  progress, clock, writer = _progress(monkeypatch, log_every=20, total_steps=85)
+  monkeypatch.setattr(trainer.metrics, "console", lines.append)
+  clock.now += 7.0
+  progress.add(60, _metrics(), first_of_session=True)
+  progress.check(60)
+  assert "img/s" not in lines[0] and "ETA" not in lines[0]
+  assert "images_per_s" not in writer.records[0][2]
+  for step in range(61, 81):
+    clock.now += 0.5
+    progress.add(step, _metrics(), first_of_session=False)
+  progress.check(80)
+  assert writer.records[1][2]["images_per_s"] == pytest.approx(4 / 0.5)
+  assert lines[1].endswith("8.0 img/s  ETA 0m02s")
+  assert progress.train_seconds == pytest.approx(7.0 + 10.0)
 
 
 def test_a_non_finite_loss_stops_naming_its_step_and_the_last_good_checkpoint(monkeypatch):
