@@ -276,7 +276,8 @@ def test_cached_images_are_the_decoded_files_whatever_their_sizes(varied_folder)
 
 
 def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied_folder,
-                                                                          monkeypatch, caplog):
+                                                                          monkeypatch, caplog,
+                                                                          capsys):
   monkeypatch.setattr(decode, "available_memory_bytes", lambda: 10 * 2**20)  # decoded: ~30 MiB
   caplog.set_level(logging.INFO)
   split = folder.load_split(_config(varied_folder, cache=True), "train")
@@ -287,15 +288,16 @@ def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied
   assert f"decoding 24 images needs {total / 2**20:.1f} MiB, more than 50% of the 10.0 MiB of " \
          "memory available" in warnings[0]
   assert "reading the images from their files" in warnings[0]
-  assert not [r for r in caplog.records if "decoded into" in r.getMessage()]
+  assert "decoded into" not in capsys.readouterr().out
 
 
-def test_cache_states_its_memory_in_the_log(varied_folder, caplog):
-  caplog.set_level(logging.INFO)
+def test_cache_states_its_memory_on_the_console_and_how_to_turn_it_off(varied_folder, capsys):
   folder.load_split(_config(varied_folder, cache=True), "val")
   total = sum(h * w * 3 for h, w, _, _ in VARIED_IMAGES[:2]) * 3
-  assert any(f"6 images decoded into {total / 2**20:.1f} MiB of memory" in r.getMessage()
-             for r in caplog.records)
+  lines = [line for line in capsys.readouterr().out.splitlines() if "decoded into" in line]
+  assert len(lines) == 1
+  assert f"6 images decoded into {total / 2**20:.1f} MiB of memory" in lines[0]
+  assert lines[0].endswith("(--config.data.cache=False reads them from their files instead)")
 
 
 def test_class_missing_from_eval_split_names_the_path(tmp_path):

@@ -1,7 +1,6 @@
 """Image decoding: the crop window of one encoded image, image sizes from their headers, and a
 whole split decoded into one memory map (data.cache)."""
 import dataclasses
-import logging
 import math
 import mmap
 import os
@@ -12,12 +11,13 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from mobilenet import metrics
+
 # data.cache decodes a split into memory only if it takes at most this share of what is
 # available: the rest is left to training (activations, XLA's buffers, the other split).
 MAX_CACHE_SHARE_OF_MEMORY = 0.5
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-log = logging.getLogger(__name__)
 
 
 def decode_window(contents: tf.Tensor, window_fn) -> tf.Tensor:
@@ -189,8 +189,9 @@ def decode_all(examples: tf.data.Dataset, description: str,
     kept.append(index)
     labels.append(label)
     kept_slots.append(slot)
-  log.info("%s: %d images decoded into %s of memory in %.1f s", description, len(kept),
-           _format_bytes(total), time.perf_counter() - start)
+  metrics.console(f"{description}: {len(kept)} images decoded into {_format_bytes(total)} of "
+                  f"memory in {time.perf_counter() - start:.1f} s "
+                  "(--config.data.cache=False reads them from their files instead)")
   kept_slots = np.asarray(kept_slots, np.int64)
   return Decoded(np.asarray(kept, np.int64), np.asarray(labels, np.int32), images,
                  offsets[kept_slots], shapes[kept_slots])
