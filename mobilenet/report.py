@@ -42,7 +42,7 @@ import statistics
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from configs import base
+from mobilenet import protocol
 from mobilenet import results
 from mobilenet import metrics
 from mobilenet.metrics import format_duration
@@ -67,8 +67,6 @@ LATENCY_KEYS = results.LATENCY_KEYS
 CPU_PREFIX = "cpu: "  # how devices.description() names a CPU; the export names it bare
 # Words that name a CPU's maker or kind rather than the CPU, left out of its short label.
 MAKER_WORDS = ("Intel", "AMD", "Processor", "CPU")
-BOOKKEEPING_FIELDS = base.BOOKKEEPING_FIELDS
-SEED_FIELD = "seed"
 # What eval_results.json records about how a run was measured that its config.json may not
 # (eval.py can evaluate an earlier checkpoint, or another split, of the same run).
 MEASUREMENT_KEYS = ("step", "eval_split")
@@ -132,7 +130,7 @@ class Run:
   litert_device: Optional[str] = None
   # Where train_wall_s was measured, where eval.py later evaluated the run on another device.
   train_device: Optional[str] = None
-  # protocol_settings of its config.json and its MEASUREMENT_KEYS; has_config: whether a
+  # protocol.settings of its config.json and its MEASUREMENT_KEYS; has_config: whether a
   # config.json was there at all (without one, the training settings are unknown).
   settings: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
   has_config: bool = dataclasses.field(default=False, compare=False, repr=False)
@@ -178,33 +176,6 @@ class ModelRow:
   protocol: dict = dataclasses.field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- protocol
-
-def flatten_config(tree: dict, prefix: str = "") -> dict:
-  """{"train": {"num_epochs": 10}} -> {"train.num_epochs": 10}: the names flags use."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten_config(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def protocol_settings(config: dict, ignoring: Sequence[str] = ()) -> dict:
-  """The flattened fields of a run's config that change what it measures: all but
-  BOOKKEEPING_FIELDS and `ignoring` (a field, or a section with all its fields)."""
-  ignored = (*BOOKKEEPING_FIELDS, *ignoring)
-  return {field: value for field, value in flatten_config(config).items()
-          if not any(field == name or field.startswith(name + ".") for name in ignored)}
-
-
-def differing_fields(first: dict, second: dict) -> list[str]:
-  """The fields of two protocol_settings that both set to different values, in `second`'s
-  order. A field only one of them has (added to the configs later) is not a difference."""
-  return [field for field in second if field in first and first[field] != second[field]]
-
-
 # ---------------------------------------------------------------- load
 
 def results_file(path: pathlib.Path) -> Optional[pathlib.Path]:
@@ -235,7 +206,7 @@ def load_settings(source: pathlib.Path, record: dict) -> tuple[dict, bool]:
   config = read_json(config_path)
   if not isinstance(config, dict):
     raise ReportError(f"{config_path}: expected one JSON object, got {type(config).__name__}")
-  return {**protocol_settings(config, ignoring=(SEED_FIELD,)), **measured}, True
+  return {**protocol.settings(config, ignoring=(protocol.SEED_FIELD,)), **measured}, True
 
 
 def parse_run(record: Any, source: pathlib.Path) -> Run:
@@ -367,7 +338,7 @@ def same_protocol(first: Run, second: Run) -> bool:
   """Whether two runs of one model measure the same thing, so that they may merge as seeds.
   A run without a config.json merges only with others that lack one too."""
   return (first.has_config == second.has_config
-          and not differing_fields(first.settings, second.settings))
+          and not protocol.differing_fields(first.settings, second.settings))
 
 
 def protocol_groups(runs: Sequence[Run]) -> list[list[Run]]:
@@ -392,7 +363,7 @@ def distinguishing_settings(groups: Sequence[Sequence[Run]]) -> list[dict]:
   fields = []
   for index, group in enumerate(groups):
     for other in groups[index + 1:]:
-      fields += [field for field in differing_fields(other[0].settings, group[0].settings)
+      fields += [field for field in protocol.differing_fields(other[0].settings, group[0].settings)
                  if field not in fields]
   labels = []
   for group in groups:
@@ -840,16 +811,19 @@ def finish_axes(axes, x_label: str, title: str) -> None:
 
 def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path,
          x_axis: PlotAxis = MULT_ADDS_AXIS,
-         series_of: Callable[[ModelRow], str] = lambda row: dataset_label(row.dataset)) -> None:
+         series_of: Callable[[ModelRow], str] = lambda row: dataset_label(row.dataset),
+         colors: Optional[dict] = None, name_series: bool = False) -> None:
   """Figure 4 of the paper for these runs: a marker per run, lines along each sweep; x is
   mult-adds as in the paper, or another measure of cost (rows without it are left out). Each
-  series (by default a dataset) has its own colour and its own sweep lines."""
+  series (by default a dataset) has its own colour (`colors`, by series name, where the report
+  fixes them) and its own sweep lines; with several series, or `name_series`, the legend and
+  every point's label name the series."""
   rows = [row for row in rows if x_axis.of_row(row) is not None]
   figure, canvas, axes = new_figure(8)
-  colors = series_colors(series_of(row) for row in rows)
-  series = list(colors)
+  series = sorted({series_of(row) for row in rows})
+  colors = colors or series_colors(series)
   # With several series, colour tells the series: the legend then shows shapes in grey.
-  several = len(series) > 1
+  several = len(series) > 1 or name_series
   labelled = {*SWEEP_LINE_STYLES, *VARIANT_MARKERS} if several else set()
   kinds = set()
   for name in series:
@@ -876,7 +850,7 @@ def plot(rows: Sequence[ModelRow], title: str, path: pathlib.Path,
   figure.tight_layout()
   # Labels last, once the axes are laid out, so that their measured boxes are final.
   place_labels(axes, canvas.get_renderer(), [
-      (row.name if len(series) == 1 else f"{row.name} ({series_of(row)})",
+      (f"{row.name} ({series_of(row)})" if several else row.name,
        x_axis.of_row(row), 100 * row.top1_mean)
       for row in sorted(rows, key=lambda row: -row.top1_mean)])
   figure.savefig(path, format="png")
@@ -891,15 +865,29 @@ def rows_by_latency_device(rows: Sequence[ModelRow], base_resolution: int) -> li
                                base_resolution)]
 
 
-def latency_series(rows: Sequence[ModelRow]) -> Callable[[ModelRow], str]:
+def latency_device_of(row: ModelRow) -> str:
+  """The one device of a row of rows_by_latency_device."""
+  return next(iter(row.litert_fp32_ms_by_device))
+
+
+def latency_series(rows: Sequence[ModelRow],
+                   name_datasets: bool = False) -> Callable[[ModelRow], str]:
   """Names the series of rows_by_latency_device's rows: the device, and the dataset where the
-  rows have several."""
-  def device_of(row: ModelRow) -> str:
-    return next(iter(row.litert_fp32_ms_by_device))
-  labels = device_labels(sorted({device_of(row) for row in rows}))
-  several_datasets = len({row.dataset for row in rows}) > 1
-  return lambda row: (f"{dataset_label(row.dataset)}, " if several_datasets else "") + (
-      labels[device_of(row)])
+  rows have several or `name_datasets` (the report has several, though one was timed)."""
+  labels = device_labels(sorted({latency_device_of(row) for row in rows}))
+  with_dataset = name_datasets or len({row.dataset for row in rows}) > 1
+  return lambda row: (f"{dataset_label(row.dataset)}, " if with_dataset else "") + (
+      labels[latency_device_of(row)])
+
+
+def latency_colors(rows: Sequence[ModelRow], series_of: Callable[[ModelRow], str],
+                   dataset_colors: dict) -> dict:
+  """The latency plot's colour of each series: its dataset's colour in the report's other plot
+  where one device timed them all; else colours no dataset of the report uses."""
+  names = sorted({series_of(row) for row in rows})
+  if len({latency_device_of(row) for row in rows}) == 1:
+    return {series_of(row): dataset_colors[dataset_label(row.dataset)] for row in rows}
+  return {name: f"C{len(dataset_colors) + index}" for index, name in enumerate(names)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -945,11 +933,12 @@ def plot_beside_paper(rows: Sequence[ModelRow], title: str, path: pathlib.Path) 
   runs), beside the paper's ImageNet points for the same models, so that the two trade-offs
   compare at a glance (each panel on its own scales: the numbers do not compare)."""
   figure, canvas, (ours, theirs) = new_figure(15, panels=2)
-  colors = series_colors(row.dataset for row in rows)
+  colors = series_colors(dataset_label(row.dataset) for row in rows)
   in_paper = list({row.paper.name: row for row in rows if row.paper is not None}.values())
-  labels = [(ours, draw_models(ours, rows, measured_point, lambda row: colors[row.dataset])),
+  labels = [(ours, draw_models(ours, rows, measured_point,
+                               lambda row: colors[dataset_label(row.dataset)])),
             (theirs, draw_models(theirs, in_paper, paper_point, lambda row: PAPER_COLOR))]
-  datasets = ", ".join(dataset_label(dataset) for dataset in colors)
+  datasets = ", ".join(colors)
   finish_axes(ours, MULT_ADDS_AXIS.label, f"This reproduction: {datasets}, mean of the seeds")
   finish_axes(theirs, MULT_ADDS_AXIS.label, "The paper: ImageNet, 224 px and below "
               "(Howard et al., 2017)")
@@ -1129,10 +1118,11 @@ def default_title(rows: Sequence[ModelRow], cost: str = "mult-adds") -> str:
   return f"MobileNet accuracy vs {cost} ({datasets})"
 
 
-def latency_title(rows: Sequence[ModelRow], title: str) -> str:
-  """The latency plot's title: the default title names its own x, a given one gains a line."""
+def latency_title(rows: Sequence[ModelRow], timed_rows: Sequence[ModelRow], title: str) -> str:
+  """The latency plot's title: the default title names its own x and only the datasets that
+  were timed; a given one gains a line."""
   if title == default_title(rows):
-    return default_title(rows, "LiteRT fp32 latency")
+    return default_title(timed_rows, "LiteRT fp32 latency")
   return f"{title}\nTop-1 against measured LiteRT fp32 latency"
 
 
@@ -1145,13 +1135,20 @@ def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_p
       format_markdown(rows, title, with_paper, base_resolution, unfinished), encoding="utf-8")
   (out / JSON_FILENAME).write_text(format_json(rows, title, base_resolution, unfinished),
                                    encoding="utf-8")
-  (plot_beside_paper if paper_panel else plot)(rows, title, out / PLOT_FILENAME)
+  dataset_colors = series_colors(dataset_label(row.dataset) for row in rows)
+  if paper_panel:
+    plot_beside_paper(rows, title, out / PLOT_FILENAME)
+  else:
+    plot(rows, title, out / PLOT_FILENAME, colors=dataset_colors)
   written = [out / MARKDOWN_FILENAME, out / JSON_FILENAME, out / PLOT_FILENAME]
   latency_plot = out / LATENCY_PLOT_FILENAME
   if has_latency(rows):
     timed_rows = rows_by_latency_device(rows, base_resolution)
-    plot(timed_rows, latency_title(rows, title), latency_plot, x_axis=LATENCY_AXIS,
-         series_of=latency_series(timed_rows))
+    several_datasets = len(dataset_colors) > 1
+    series_of = latency_series(timed_rows, name_datasets=several_datasets)
+    plot(timed_rows, latency_title(rows, timed_rows, title), latency_plot, x_axis=LATENCY_AXIS,
+         series_of=series_of, colors=latency_colors(timed_rows, series_of, dataset_colors),
+         name_series=several_datasets)
     written.append(latency_plot)
   else:  # an earlier report's plot of other runs would pass for these runs'
     latency_plot.unlink(missing_ok=True)

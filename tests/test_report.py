@@ -693,3 +693,26 @@ def test_a_malformed_metrics_line_fails_the_schedule_with_one_line_naming_it(tmp
   (run / "metrics.jsonl").write_text('{"step": 100, "kind": "eval", "top1": 0.5}\n{"step": 2')
   error = run_failing([str(run), "--out", str(tmp_path / "out"), "--schedule"], capsys)
   assert str(run / "metrics.jsonl") in error and "line 2" in error
+
+
+def test_latency_plot_over_two_datasets_names_and_colours_the_one_it_shows(tmp_path):
+  """Imagenette runs were exported, the dogs runs were not: the latency plot's title names
+  Imagenette only, its series says Imagenette, in Imagenette's colour of the other plot."""
+  write_run(tmp_path / "nette", dataset="imagenette2-224",
+            **exported("AMD EPYC, 2 cores", litert_fp32_ms=2.9, litert_int8_ms=1.0,
+                       litert_int8_top1=0.85))
+  write_run(tmp_path / "dogs", dataset="aadogs", top1=0.60)  # sorts before Imagenette
+  runs, _ = report.load_runs(sorted(tmp_path.iterdir()))
+  rows = report.aggregate(runs, 128)
+  timed = report.rows_by_latency_device(rows, 128)
+  dataset_colors = report.series_colors(report.dataset_label(row.dataset) for row in rows)
+  series_of = report.latency_series(timed, name_datasets=True)
+  assert [series_of(row) for row in timed] == ["Imagenette, EPYC"]
+  assert report.latency_colors(timed, series_of, dataset_colors) == {
+      "Imagenette, EPYC": dataset_colors["Imagenette"]}
+  title = report.latency_title(rows, timed, report.default_title(rows))
+  assert title == "MobileNet accuracy vs LiteRT fp32 latency (Imagenette)"
+  assert "aadogs" in report.default_title(rows)
+  assert report.main([str(path) for path in sorted(tmp_path.iterdir())]
+                     + ["--out", str(tmp_path / "out")]) == 0
+  assert (tmp_path / "out" / "accuracy_vs_latency.png").read_bytes().startswith(PNG_SIGNATURE)
