@@ -8,14 +8,12 @@ size). A flag or `--config` file that contradicts the checkpoint's model is refu
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
-
 from mobilenet import allocator, native_stderr  # pylint: disable=g-import-not-at-top
 
 if __name__ == "__main__":
   # Before TensorFlow and JAX load (see train.py).
   allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
-  native_stderr.hide_known_noise()
+  native_stderr.quiet_command()
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top

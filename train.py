@@ -2,10 +2,7 @@
 
 Resumes from the latest checkpoint in the workdir; see README.md for the options.
 """
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
 from mobilenet import allocator, native_stderr  # pylint: disable=g-import-not-at-top
 
@@ -13,7 +10,7 @@ if __name__ == "__main__":
   # Before TensorFlow and JAX load: the re-exec then imports them once, and the filter is in
   # place for their start-up notices.
   allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed (README)
-  native_stderr.hide_known_noise()
+  native_stderr.quiet_command()
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top

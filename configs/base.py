@@ -1,7 +1,7 @@
 """The shared base of every config: MobileNet on Imagenette at 128 px, sized for a 2-core CPU.
 
 The recipe (learning rate, schedule, weight decay, label smoothing, crop area, batch) is what the
-recipe search on held-out data chose for MobileNet-1.0 (`python -m mobilenet.tune --epochs 5`):
+recipe search on held-out data chose for MobileNet-1.0 (`python -m tools.tune --epochs 5`):
 results/tuning/tuning.md ranks it with its two seeds against the start recipe's two. Tables 4-7
 train every model with it, for `train.num_epochs` (the README's protocol).
 

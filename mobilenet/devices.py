@@ -30,7 +30,7 @@ def device_mesh(devices=None) -> Mesh:
 
 def usable_cores() -> int:
   """The CPU cores this process may run on (fewer than the machine's when it is pinned, as in a
-  lane of mobilenet.lanes): what XLA, tf.data and PyTorch size their thread pools by."""
+  lane of tools.lanes): what XLA, tf.data and PyTorch size their thread pools by."""
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:

@@ -8,14 +8,15 @@ a crashing run writes last (a fatal error, a traceback) still gets through: when
 its end of the pipe closes, and the filter copies what is left and exits. Unreadable files
 still get the input pipeline's one summary line (`skipped N unreadable image file(s), e.g. ...`).
 
-Import nothing heavy here: train.py and eval.py call `hide_known_noise()` before TensorFlow
-is first imported.
+Every command starts with `quiet_command()` (train.py and eval.py first thing, the tools through
+`tools/__init__.py`), before TensorFlow or JAX is imported; so import nothing heavy here.
 """
 import atexit
 import os
 import signal
 import sys
 import time
+import warnings
 
 # Lines starting with one of these (after an optional glog prefix) are dropped.
 KNOWN_NOISE = (
@@ -30,7 +31,21 @@ KNOWN_NOISE = (
     b"Inconsistent progression sequence",
     # TensorFlow's own line for a truncated JPEG, which mobilenet.input skips and counts.
     b"Premature end of JPEG data.",
+    # libjpeg's error for a file that does not decode, which mobilenet.input names in its line.
+    b"Unsupported marker type",
+    # The LiteRT converter's quantizer settings and its MLIR pass notices (tools.export).
+    b"fully_quantize: ",
+    b"Estimated count of arithmetic ops:",
+    b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 )
+# Python warnings of the libraries that say nothing a user of these commands can act on:
+# (message pattern, category); see quiet_command.
+KNOWN_PYTHON_WARNINGS = (
+    (r".*tf\.lite\.Interpreter is deprecated", UserWarning),
+    (r".*Statistics for quantized inputs were expected", UserWarning),
+    (r".*Please consider providing the trackable_obj argument", UserWarning),
+)
+FILTERED_MARKER = "MOBILENET_STDERR_FILTERED"  # the pid whose stderr the filter already serves
 DRAIN_TIMEOUT_S = 5.0
 DISABLE_VARIABLE = "MOBILENET_RAW_STDERR"  # set to 1 to see every line as the libraries write it
 
@@ -59,10 +74,25 @@ def copy_filtered(source_fd: int, target_fd: int) -> None:
     os.write(target_fd, pending)
 
 
-def hide_known_noise() -> None:
-  """Routes file descriptor 2 through the filter process (once per process; not on Windows)."""
-  if os.environ.get(DISABLE_VARIABLE) == "1" or not hasattr(os, "fork"):
+def quiet_command() -> None:
+  """What every command of the project does first: TensorFlow's C++ logging below errors off,
+  the known noise filtered out of file descriptor 2, the known library warnings hidden.
+  MOBILENET_RAW_STDERR=1 shows everything as the libraries write it."""
+  if os.environ.get(DISABLE_VARIABLE) == "1":
     return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  for message, category in KNOWN_PYTHON_WARNINGS:
+    warnings.filterwarnings("ignore", message=message, category=category)
+  hide_known_noise()
+
+
+def hide_known_noise() -> None:
+  """Routes file descriptor 2 through the filter process (once per process, also across the
+  allocator's re-exec, which keeps the pid; not on Windows)."""
+  if (os.environ.get(DISABLE_VARIABLE) == "1" or not hasattr(os, "fork")
+      or os.environ.get(FILTERED_MARKER) == str(os.getpid())):
+    return
+  os.environ[FILTERED_MARKER] = str(os.getpid())
   sys.stderr.flush()
   read_end, write_end = os.pipe()
   real_stderr = os.dup(2)

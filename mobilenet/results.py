@@ -23,7 +23,7 @@ OPTIONAL_KEYS = {"seed": int, "train_wall_s": NUMBER, "train_images_per_s": NUMB
                  "litert_fp32_ms": NUMBER, "litert_int8_ms": NUMBER, "litert_int8_top1": NUMBER,
                  "litert_device": str}
 VARIANTS = ("dws", "conv", "shallow")
-# What mobilenet.export measures: batch-1 median latency with one thread, int8 accuracy.
+# What tools.export measures: batch-1 median latency with one thread, int8 accuracy.
 LATENCY_KEYS = ("litert_fp32_ms", "litert_int8_ms", "litert_int8_top1")
 
 

@@ -168,9 +168,9 @@ def relative_difference(a: dict, b: dict) -> float:
 
 
 def unpinned(command: list[str]) -> tuple[list[str], tuple[int, ...] | None]:
-  """A command as mobilenet.lanes.pinned() gave it: the command itself and its cores (None
+  """A command as tools.lanes.pinned() gave it: the command itself and its cores (None
   where it was not pinned)."""
-  if command[1:3] != ["-m", "mobilenet.lanes"]:
+  if command[1:3] != ["-m", "tools.lanes"]:
     return command, None
   cpus = tuple(int(cpu) for cpu in command[3].removeprefix("--cpus=").split(","))
   return command[5:], cpus

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from mobilenet import allocator, benchmark, devices, lanes, model, ops, optim, steps
+from mobilenet import allocator, devices, model, ops, optim, steps
+from tools import benchmark, lanes
 from configs import dws
 from conftest import unpinned
 
@@ -76,7 +77,7 @@ def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
   environment = {k: v for k, v in os.environ.items() if k != allocator.CHOICE_VARIABLE}
   environment["JAX_PLATFORMS"] = "cpu"
   process = subprocess.run(
-      [sys.executable, "-m", "mobilenet.benchmark", "--config=configs/dws.py:alpha=0.25",
+      [sys.executable, "-m", "tools.benchmark", "--config=configs/dws.py:alpha=0.25",
        "--batch=4", "--resolution=32", "--steps=1", "--rounds=1", "--warmup=0", "--json"],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=environment)
   assert process.returncode == 0, process.stderr[-2000:]
@@ -120,7 +121,7 @@ def test_each_listed_standard_impl_times_a_step_built_with_it_once(monkeypatch):
 
 def test_an_unknown_standard_impl_is_one_line_naming_the_flag():
   process = subprocess.run(
-      [sys.executable, "-m", "mobilenet.benchmark", "--config=configs/dws.py:alpha=0.25",
+      [sys.executable, "-m", "tools.benchmark", "--config=configs/dws.py:alpha=0.25",
        "--standard_impls=conv,fastest"],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -139,11 +140,11 @@ def test_lanes_compare_one_run_on_every_core_with_pinned_copies_at_once(monkeypa
     return [{"train_images_per_s": 70.0 if len(commands) == 1 else 40.0 + index}
             for index in range(len(commands))]
 
-  report = benchmark.compare_lanes(["python", "-m", "mobilenet.benchmark", "--json"], 2,
+  report = benchmark.compare_lanes(["python", "-m", "tools.benchmark", "--json"], 2,
                                    run_children)
-  assert batches == [[(["python", "-m", "mobilenet.benchmark", "--json"], None)],
-                     [(["python", "-m", "mobilenet.benchmark", "--json"], (0, 1)),
-                      (["python", "-m", "mobilenet.benchmark", "--json"], (2, 3))]]
+  assert batches == [[(["python", "-m", "tools.benchmark", "--json"], None)],
+                     [(["python", "-m", "tools.benchmark", "--json"], (0, 1)),
+                      (["python", "-m", "tools.benchmark", "--json"], (2, 3))]]
   assert report["lanes_train_images_per_s"] == 81.0
   assert report["lanes_over_one_run"] == pytest.approx(81.0 / 70.0)
 

@@ -130,7 +130,7 @@ def test_analytic_mult_adds_agree_with_xla_cost_analysis(variant, alpha, resolut
 
 
 def _run_costs_cli(*args):
-  return subprocess.run([sys.executable, "-m", "mobilenet.costs", *args],
+  return subprocess.run([sys.executable, "-m", "tools.costs", *args],
                         capture_output=True, text=True, check=False)
 
 

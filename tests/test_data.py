@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from configs import base
-from mobilenet import data_benchmark, errors
+from mobilenet import errors
+from tools import data_benchmark
 from mobilenet.input import Dataset, DatasetInfo, check_config, decode, folder, tfds_source
 from tests.conftest import VARIED_IMAGES, varied_image, write_varied_image_folder
 

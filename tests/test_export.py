@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from mobilenet import export, model, trainer
+from mobilenet import model, trainer
+from tools import export
 from tests.conftest import PROJECT_ROOT, write_image_folder
 
 RESOLUTION = 32
@@ -40,7 +41,7 @@ def trained_run(tmp_path_factory):
 def exported(trained_run):
   """The export command, run as a user runs it."""
   result = subprocess.run(
-      [sys.executable, "-m", "mobilenet.export", f"--workdir={trained_run}", "--int8",
+      [sys.executable, "-m", "tools.export", f"--workdir={trained_run}", "--int8",
        "--calibration_images=16", "--check_images=9", "--latency_runs=5", "--threads=2"],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -111,7 +112,7 @@ def test_a_non_builtin_op_is_refused_before_any_interpreter_loads_it():
 
 def test_the_command_names_a_missing_workdir_in_one_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "mobilenet.export", f"--workdir={tmp_path / 'nowhere'}"],
+      [sys.executable, "-m", "tools.export", f"--workdir={tmp_path / 'nowhere'}"],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (

@@ -683,6 +683,9 @@ def test_library_notices_and_libjpeg_warnings_are_dropped_and_every_other_line_k
       b"I0000 00:00:1796161202.557125    7609 port.cc:153] oneDNN custom operations are on. You\n"
       b"allocator: tcmalloc\n"
       b"Corrupt JPEG data: 5 extraneous bytes before marker 0xd9\n"
+      b"Unsupported marker type 0xfd\n"
+      b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8\n"
+      b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
       b"E0000 00:00:17961.8 11620 jpeg_mem.cc:331] Premature end of JPEG data. Stopped at line 0\n"
       b"W1201 21:48:25.851402 14000 data.py:348] train: skipped 2 unreadable image file(s)\n"
       b"Traceback (most recent call last):\n"
@@ -699,3 +702,22 @@ def test_library_notices_and_libjpeg_warnings_are_dropped_and_every_other_line_k
       "Traceback (most recent call last):", "error: the last line, without a newline"]
   for fd in (source_read, target_read):
     os.close(fd)
+
+
+def test_every_tool_started_with_python_m_is_quiet_and_importing_tools_changes_nothing(
+    tmp_path):
+  """tools/__init__.py quiets a `python -m tools.<name>` process as train.py is quieted (here
+  the data benchmark, which loads TensorFlow and JAX); a test importing a tool keeps its stderr."""
+  from mobilenet import native_stderr
+  import tools  # pylint: disable=unused-import,import-outside-toplevel
+  assert native_stderr.FILTERED_MARKER not in os.environ
+  folder = write_image_folder(tmp_path / "images")
+  result = subprocess.run(
+      [sys.executable, "-m", "tools.data_benchmark", "--config=configs/dws.py:resolution=32",
+       f"--config.data.folder={folder}", "--batches=2", "--batch_size=4"],
+      cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=True,
+      env={key: value for key, value in os.environ.items()
+           if key not in (native_stderr.DISABLE_VARIABLE, "TF_CPP_MIN_LOG_LEVEL")})
+  assert "train pipeline, 32 px, batch 4" in result.stdout
+  for noise in ("absl::InitializeLog", "oneDNN", "xla_bridge", "Unable to initialize backend"):
+    assert noise not in result.stderr, result.stderr

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from mobilenet import devices, lanes
+from mobilenet import devices
+from tools import lanes
 
 from conftest import unpinned
 
@@ -132,7 +133,7 @@ def test_a_job_offered_only_after_another_finished_runs_then(four_cores):
 
 
 def test_the_pin_command_refuses_cores_it_cannot_parse_in_one_line():
-  result = subprocess.run([sys.executable, "-m", "mobilenet.lanes", "--cpus=x", "--", "true"],
+  result = subprocess.run([sys.executable, "-m", "tools.lanes", "--cpus=x", "--", "true"],
                           capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
   assert result.returncode == 2 and "--cpus=x" in result.stderr

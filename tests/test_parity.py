@@ -13,7 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from configs import dws  # pylint: disable=wrong-import-position
-from mobilenet import model, optim, parity, torch_twin, trainer  # pylint: disable=wrong-import-position
+from mobilenet import model, optim, trainer
+from tools import parity, torch_twin  # pylint: disable=wrong-import-position
 from tests.conftest import PROJECT_ROOT, write_image_folder  # pylint: disable=wrong-import-position
 
 TINY = "alpha=0.25,resolution=32,batch=4,epochs=1"

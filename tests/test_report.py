@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from mobilenet import report
+from tools import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -365,7 +365,7 @@ def test_malformed_config_json_fails_with_one_line_naming_it(tmp_path, capsys):
 
 def test_committed_runs_rebuild_their_committed_tables(tmp_path):
   """The protocol split leaves the first sweep's tables as they are: all their seeds merge."""
-  from mobilenet import sweep
+  from tools import sweep
 
   archive = sweep.RESULTS / "untuned_10_epochs"
   for table in ("table4", "table6"):
@@ -382,7 +382,7 @@ def test_committed_runs_rebuild_their_committed_tables(tmp_path):
 # ---------------------------------------------------------------- LiteRT latency
 
 def exported(litert_device="AMD EPYC x2", **figures) -> dict:
-  """The keys mobilenet.export merges into eval_results.json (a subset of them); the export
+  """The keys tools.export merges into eval_results.json (a subset of them); the export
   names the CPU bare, where the trainer's `device` says "cpu: " first."""
   return dict(litert_threads=[1], litert_device=litert_device,
               litert_fp32_max_rel_error=2e-6, **figures)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mobilenet import lanes
-from mobilenet import sweep
+from tools import lanes
+from tools import sweep
 
 from conftest import unpinned
 
@@ -86,7 +86,7 @@ class FakeTrain:
   @property
   def export_calls(self) -> list:
     return [(command, env) for command, env in self.calls if command[1:3] == ["-m",
-                                                                             "mobilenet.export"]]
+                                                                             "tools.export"]]
 
   def __call__(self, command, *, cwd, check, env, stdout=None, stderr=None):
     del cwd, stderr
@@ -218,7 +218,7 @@ def test_every_trained_row_is_exported_with_int8_right_after_its_training(folder
   for row in TABLE5:
     expected += [[sys.executable, "train.py", f"--config={row.config}",
                   f"--workdir={folders / 'runs' / row.name}"],
-                 [sys.executable, "-m", "mobilenet.export",
+                 [sys.executable, "-m", "tools.export",
                   f"--workdir={folders / 'runs' / row.name}", "--int8"]]
   assert [command for command, _ in fake.calls] == expected
 
@@ -240,7 +240,7 @@ def test_a_failed_export_stops_the_sweep_in_one_line_with_the_command(
   assert sweep.main(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   first = TABLE5[0]
-  command = f"{sys.executable} -m mobilenet.export --workdir={folders / 'runs' / first.name} --int8"
+  command = f"{sys.executable} -m tools.export --workdir={folders / 'runs' / first.name} --int8"
   assert error == (f"error: {first.name} trained, but its export failed (exit 1): `{command}`; "
                    "rerun the sweep to export it again")
   assert len(fake.train_calls) == 1  # no further row trained
@@ -252,7 +252,7 @@ def test_an_export_that_merges_no_figures_stops_the_sweep(folders, capsys, monke
   monkeypatch.setattr(subprocess, "run", FakeTrain(export_merges=False))
   assert sweep.main(["table5"]) == 1
   error = capsys.readouterr().err.strip()
-  assert "\n" not in error and "mobilenet.export" in error
+  assert "\n" not in error and "tools.export" in error
   assert "lacks litert_fp32_ms, litert_int8_ms, litert_int8_top1" in error
   assert not (folders / "results" / "runs" / TABLE5[0].name).exists()
 
@@ -370,6 +370,23 @@ def test_schedule_rows_are_named_and_configured_with_their_epochs_shortest_first
       15.0, "conv", 1)
 
 
+def test_the_study_takes_0_75_mobilenet_by_its_row_name_and_finds_its_table_rows(folders,
+                                                                                 capsys):
+  """Table 5's other side: `--variants dws_a0.75` trains dws at alpha 0.75; its finished 20-epoch
+  table row (named without an epoch count) is found as the study's point."""
+  table_row = sweep.Row("dws", 0.75, seed=1)
+  _write_run(folders / "results" / "runs" / table_row.name, table_row)
+  assert sweep.main(["schedule", "--epochs", "40", "--variants", "dws_a0.75", "--dry-run"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].split() == ["dws_a0.75_r128_e40_s0", "missing"]
+  assert lines[1].split()[:2] == ["dws_a0.75_r128_s1", "done"]
+  config = sweep.requested_config(sweep.schedule_row("dws", 40, 0, 0.75).config, [])
+  assert (config["model"]["alpha"], config["train"]["num_epochs"]) == (0.75, 40.0)
+  assert sweep.main(["schedule", "--epochs", "40", "--variants", "dws_a0.5"]) == 2
+  assert "--variants: 'dws_a0.5' is not one of dws, shallow, conv, dws_a0.75" in (
+      capsys.readouterr().err)
+
+
 def test_a_schedule_result_trained_for_other_epochs_is_stale_naming_the_field(folders, capsys):
   row = sweep.schedule_row("dws", 15, 0)
   _write_run(folders / "results" / "runs" / row.name, row, train__num_epochs=10.0)
@@ -444,7 +461,7 @@ def test_the_schedule_report_shows_study_runs_of_earlier_commands_but_not_stale_
     (["schedule", "--epochs", "0"], "--epochs: '0' is not a positive number of epochs"),
     (["schedule", "--epochs", "5,ten"], "--epochs: 'ten' is not a positive number of epochs"),
     (["schedule", "--epochs", "5", "--variants", "dws,foo"],
-     "--variants: 'foo' is not one of dws, shallow, conv"),
+     "--variants: 'foo' is not one of dws, shallow, conv, dws_a0.75"),
     (["schedule", "--epochs", "5", "--seeds", "-1"], "--seeds: '-1' is not a seed (0, 1, ...)"),
     (["schedule"], "--epochs: the schedule target needs the epoch counts to train, "
                    "e.g. --epochs 5,10,20"),

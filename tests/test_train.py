@@ -48,7 +48,7 @@ def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tm
     assert key in results, key
   assert results["step"] == 4 and results["num_examples"] == 9 and results["top5"] == 1.0
 
-  report = run_script("-m", "mobilenet.report", str(workdir), "--out", str(tmp_path / "report"))
+  report = run_script("-m", "tools.report", str(workdir), "--out", str(tmp_path / "report"))
   assert "MobileNet" in (tmp_path / "report" / "results.md").read_text()
   assert (tmp_path / "report" / "accuracy_vs_mult_adds.png").stat().st_size > 1000
   del report

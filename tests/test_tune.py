@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from mobilenet import lanes
-from mobilenet import sweep
-from mobilenet import tune
+from tools import lanes
+from tools import sweep
+from tools import tune
 
 from conftest import unpinned
 

@@ -1,7 +1,7 @@
 """Exports a trained run to LiteRT (TensorFlow Lite) and measures it with the mobile runtime.
 
-    python -m mobilenet.export --workdir=W [--int8] [--threads N] [--data_folder DIR]
-    python -m mobilenet.export --latency-table --out results/latency [--resolutions 224,128]
+    python -m tools.export --workdir=W [--int8] [--threads N] [--data_folder DIR]
+    python -m tools.export --latency-table --out results/latency [--resolutions 224,128]
 
 The first form restores the latest checkpoint of W (its EMA weights and BatchNorm statistics,
 with the model config saved in the checkpoint), writes W/export/model_fp32.tflite (and with
@@ -24,8 +24,6 @@ import os
 import statistics
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 import jax

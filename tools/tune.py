@@ -2,7 +2,7 @@
 training class (`train[:90%]`) and scored on the other tenth (`train[90%:]`); the validation
 split is never read.
 
-    python -m mobilenet.tune [--epochs 5] [--dry-run] [--report-only] [--lanes N]
+    python -m tools.tune [--epochs 5] [--dry-run] [--report-only] [--lanes N]
                              [--workdirs runs/tune] [--results results/tuning]
                              [--confirm-at E [--seeds 0,1]]
 
@@ -17,7 +17,7 @@ that a rerun resumes where it stopped (each run also resumes from its own checkp
      the start, so that the gain is weighed against the start's own spread (this one is decided
      with stage 2 and trains beside stage 3: no stage waits for it).
 `--lanes N` trains up to N decided trials at once, each pinned to its share of the cores (see
-mobilenet.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in
+tools.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py run in
 `--workdirs/<name>`; finished runs keep their eval_results.json, config.json and metrics.jsonl
 in `--results/runs/<name>`, and the ranked table (held-out top-1, final training loss, training
 time) and its plot go to `--results`.
@@ -34,11 +34,11 @@ import sys
 import textwrap
 from typing import Any, Callable, Optional
 
-from mobilenet import lanes
-from mobilenet import report
+from tools import lanes
+from tools import report
 from mobilenet import metrics
 from mobilenet.metrics import format_duration
-from mobilenet import sweep
+from tools import sweep
 
 CONFIG_FILE = "configs/dws.py"
 HELD_OUT = {"data.train_split": "train[:90%]", "data.eval_split": "train[90%:]"}
@@ -288,7 +288,7 @@ def markdown(ranked: list[dict], title: str, complete: bool) -> str:
            "",
            f"Trained on `{HELD_OUT['data.train_split']}` of each Imagenette class, scored on "
            f"`{HELD_OUT['data.eval_split']}` (the validation split is not used). Made by "
-           "`python -m mobilenet.tune`; each recipe is the start recipe with the listed changes.",
+           "`python -m tools.tune`; each recipe is the start recipe with the listed changes.",
            "", *([] if complete else ["Not finished: runs are still to train or to decide.", ""]),
            "| Rank | Recipe | Stage | Changes from the start | Seeds | Held-out top-1 | "
            "Final train loss | Train time | Trained on |",
@@ -348,7 +348,7 @@ def write_ranking(folders: Folders, trials: list[Trial], epochs: float, complete
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mobilenet.tune",
+  parser = argparse.ArgumentParser(prog="python -m tools.tune",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--epochs", type=float, default=5.0, help="the budget of every run")
   parser.add_argument("--workdirs", type=pathlib.Path, default=sweep.RUNS / "tune")

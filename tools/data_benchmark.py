@@ -1,17 +1,15 @@
 """Images/s of the train input pipeline: the one-off load of the train split (the decode into
 memory with data.cache, else the check of every file), then the steady state.
 
-    python -m mobilenet.data_benchmark --config=configs/dws.py [--resolution 128] [--batches 200]
+    python -m tools.data_benchmark --config=configs/dws.py [--resolution 128] [--batches 200]
         [--batch_size 64]
 """
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ warning spam for skipped files
-
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from mobilenet import errors
+
 from mobilenet.input import Dataset
 
 FLAGS = flags.FLAGS
@@ -60,19 +58,15 @@ def main(argv):
   source = data_config.folder if data_config.source == "folder" else data_config.tfds_name
   print(f"source: {data_config.source} {source}, cache={data_config.cache}, "
         f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
-  try:
-    benchmark(data_config, global_batch_size=batch_size, num_batches=FLAGS.batches,
-              seed=config.seed)
-  except errors.UserError as error:
-    raise SystemExit(f"error: {error}") from None
+  benchmark(data_config, global_batch_size=batch_size, num_batches=FLAGS.batches, seed=config.seed)
   print(f"load average afterwards {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from mobilenet import cli  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
   flags.DEFINE_integer("resolution", 0, "Overrides config.data.resolution.")
   flags.DEFINE_integer("batches", 200, "Batches to time after the warm-up.")
   flags.DEFINE_integer("batch_size", 0, "Global batch size; default config.train.global_batch_size.")
-  app.run(main)
+  cli.run(main)

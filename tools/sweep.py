@@ -1,22 +1,22 @@
 """The paper's Tables 4-7 and a schedule-length study on Imagenette: train what is missing, report.
 
-    python -m mobilenet.sweep table4 [--runs DIR] [--dry-run] [--report-only]
+    python -m tools.sweep table4 [--runs DIR] [--dry-run] [--report-only]
                                      [-- --config.train.num_epochs=3]
-    python -m mobilenet.sweep schedule --epochs 5,10,20 [--variants dws,shallow,conv] [--seeds 0]
-    python -m mobilenet.sweep combined
-    python -m mobilenet.sweep table6 --lanes 2      # two rows at once, each on half the cores
+    python -m tools.sweep schedule --epochs 5,10,20 [--variants dws,shallow,conv] [--seeds 0]
+    python -m tools.sweep combined
+    python -m tools.sweep table6 --lanes 2      # two rows at once, each on half the cores
 
 Each row is an ordinary `train.py` run with `configs/<variant>.py` (the shared protocol lives in
 configs/base.py), its workdir under `--runs` (default `runs/` in the project; checkpoints: not
 committed). A killed sweep resumes from those checkpoints when run again. Each trained row is then
-exported to LiteRT (`python -m mobilenet.export --workdir=<workdir> --int8`), which merges
+exported to LiteRT (`python -m tools.export --workdir=<workdir> --int8`), which merges
 measured fp32 and int8 latency and int8 top-1 into its eval_results.json; a failed export stops
 the sweep, so that no row silently lacks those columns. Finished rows copy `eval_results.json`,
 `config.json` and `metrics.jsonl` to `results/runs/<name>/` (the .tflite files are not kept); the
 table goes to `results/<table>/`.
 
-`schedule` trains MobileNet-1.0, Shallow MobileNet and Conv MobileNet at 128 px for each epoch
-count of `--epochs` (the same recipe scaled in time: configs/base.py sets its schedule in epochs),
+`schedule` trains MobileNet-1.0, Shallow MobileNet and Conv MobileNet (and with `--variants
+dws_a0.75`, 0.75 MobileNet, Table 5's other side) at 128 px for each epoch count of `--epochs` (the same recipe scaled in time: configs/base.py sets its schedule in epochs),
 rows named `dws_a1_r128_e20_s0`; a row trained for the config's own epoch count is the table row
 of the plain name (`dws_a1_r128_s0`), so that a finished table run serves as that point. Its
 report, `results/schedule/`, shows every finished run of the study in `results/runs/`, those of
@@ -29,7 +29,7 @@ say after an edit of configs/base.py, stops the sweep with the first differing f
 no table mixes two protocols; `--dry-run` lists such rows as stale.
 
 `--lanes N` trains up to N rows at once, each pinned to its own share of the cores, its console
-in `<workdir>.log` (mobilenet.lanes: on a CPU, narrower runs side by side train more images per
+in `<workdir>.log` (tools.lanes: on a CPU, narrower runs side by side train more images per
 second than one run on every core).
 
 Each row's train.py picks its malloc itself (mobilenet.allocator: tcmalloc where installed;
@@ -52,9 +52,9 @@ from typing import Callable, Iterable, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from mobilenet import lanes
+from tools import lanes
 from mobilenet import protocol
-from mobilenet import report
+from tools import report
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = PROJECT_ROOT / "results"
@@ -62,10 +62,15 @@ RUNS = PROJECT_ROOT / "runs"
 BASE_RESOLUTION = 128  # the paper's 224 px, scaled to what this CPU can afford
 KEPT_FILES = ("eval_results.json", "config.json", "metrics.jsonl")
 SCHEDULE, COMBINED = "schedule", "combined"
-# The schedule study's models: MobileNet-1.0, Shallow MobileNet and Conv MobileNet at 128 px,
-# the three whose Table 4 and 5 comparisons may turn with the length of training.
-STUDY_VARIANTS = ("dws", "shallow", "conv")
-STUDY_NAME = re.compile(rf"(?P<variant>{'|'.join(STUDY_VARIANTS)})_a1_r{BASE_RESOLUTION}"
+# The schedule study's models at 128 px, by the names --variants takes: MobileNet-1.0, Shallow
+# MobileNet and Conv MobileNet (the default three), and 0.75 MobileNet, the other side of
+# Table 5: {name: (variant, alpha)}, the models whose Table 4 and 5 comparisons may turn with the
+# length of training.
+STUDY_MODELS = {"dws": ("dws", 1.0), "shallow": ("shallow", 1.0), "conv": ("conv", 1.0),
+                "dws_a0.75": ("dws", 0.75)}
+STUDY_DEFAULT = ("dws", "shallow", "conv")
+STUDY_NAME = re.compile(r"(?P<variant>dws|shallow|conv)_a(?P<alpha>1|0\.75)_r"
+                        rf"{BASE_RESOLUTION}"
                         r"(?:_e(?P<epochs>[0-9]+(?:\.[0-9]+)?))?_s(?P<seed>[0-9]+)")
 EPOCHS_FLAG = "--config.train.num_epochs"
 
@@ -247,7 +252,7 @@ def run_training(name: str, command: list[str], workdir: pathlib.Path,
 
 
 def export_command(row: Row, runs: pathlib.Path) -> list[str]:
-  return [sys.executable, "-m", "mobilenet.export", f"--workdir={runs / row.name}", "--int8"]
+  return [sys.executable, "-m", "tools.export", f"--workdir={runs / row.name}", "--int8"]
 
 
 def export(row: Row, runs: pathlib.Path, cpus: Optional[tuple[int, ...]] = None,
@@ -305,9 +310,10 @@ def default_epochs(variant: str) -> float:
   return importlib.import_module(f"configs.{variant}").get_config().train.num_epochs
 
 
-def schedule_row(variant: str, epochs: float, seed: int) -> Row:
+def schedule_row(variant: str, epochs: float, seed: int, alpha: float = 1.0) -> Row:
   """A row of the study; at the config's own epoch count it is the table row of that name."""
-  return Row(variant, seed=seed, epochs=None if epochs == default_epochs(variant) else epochs)
+  return Row(variant, alpha, seed=seed,
+             epochs=None if epochs == default_epochs(variant) else epochs)
 
 
 def positive_number(text: str) -> Optional[float]:
@@ -349,12 +355,11 @@ def schedule_rows(args: argparse.Namespace) -> tuple[Row, ...]:
     raise UsageError(f"{EPOCHS_FLAG}: the schedule target sets each row's epoch count; give "
                      "the counts to --epochs")
   epochs = parse_list("--epochs", args.epochs, positive_number, "a positive number of epochs")
-  variants = parse_list("--variants", args.variants or ",".join(STUDY_VARIANTS),
-                        lambda text: text if text in STUDY_VARIANTS else None,
-                        f"one of {', '.join(STUDY_VARIANTS)}")
+  models = parse_list("--variants", args.variants or ",".join(STUDY_DEFAULT),
+                      lambda text: STUDY_MODELS.get(text), f"one of {', '.join(STUDY_MODELS)}")
   seeds = parse_seeds(args.seeds or "0")
-  return tuple(schedule_row(variant, count, seed)
-               for count in sorted(epochs) for variant in variants for seed in seeds)
+  return tuple(schedule_row(variant, count, seed, alpha)
+               for count in sorted(epochs) for variant, alpha in models for seed in seeds)
 
 
 def study_rows_found(rows: tuple[Row, ...]) -> list[Row]:
@@ -368,7 +373,7 @@ def study_rows_found(rows: tuple[Row, ...]) -> list[Row]:
       continue
     variant = match["variant"]
     epochs = float(match["epochs"]) if match["epochs"] else default_epochs(variant)
-    row = schedule_row(variant, epochs, int(match["seed"]))
+    row = schedule_row(variant, epochs, int(match["seed"]), float(match["alpha"]))
     if row.name == path.name and row not in rows and finished(row):
       found.append(row)
   return found
@@ -415,14 +420,15 @@ def rebuild(args: argparse.Namespace, rows: tuple[Row, ...], found: list[Row]) -
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m mobilenet.sweep", description=__doc__.split("\n")[0],
+      prog="python -m tools.sweep", description=__doc__.split("\n")[0],
       epilog="Flags after -- go to every train.py run of the target.")
   parser.add_argument("target", choices=[*sorted(TABLES), SCHEDULE, COMBINED])
   parser.add_argument("--runs", type=pathlib.Path, metavar="DIR",
                       help="where the training workdirs live (default: runs/ in the project)")
   parser.add_argument("--epochs", metavar="E,E,...", help="schedule: the epoch counts to train")
   parser.add_argument("--variants", metavar="V,V,...",
-                      help=f"schedule: of {', '.join(STUDY_VARIANTS)} (default: all three)")
+                      help=f"schedule: of {', '.join(STUDY_MODELS)} (default: "
+                           f"{','.join(STUDY_DEFAULT)})")
   parser.add_argument("--seeds", metavar="S,S,...", help="schedule: the seeds (default: 0)")
   parser.add_argument("--lanes", type=int, default=1, metavar="N",
                       help="train up to N rows at once, each pinned to its share of the cores")

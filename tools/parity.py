@@ -1,11 +1,11 @@
 """Parity of our JAX training with an independent PyTorch implementation of the same recipe.
 
-  python -m mobilenet.parity train --config=configs/dws.py[:seed=N] --workdir=W
-  python -m mobilenet.parity compare --jax J1 J2 ... --torch T1 T2 ... [--out results/parity]
+  python -m tools.parity train --config=configs/dws.py[:seed=N] --workdir=W
+  python -m tools.parity compare --jax J1 J2 ... --torch T1 T2 ... [--out results/parity]
 
 `train` trains the config's model in PyTorch (CPU, channels_last, one thread per core) with
 what train.py trains it with, taken from the same functions wherever they are not JAX code: the
-layers of model.architecture(), Flax's default initialisation (mobilenet.torch_twin), the very
+layers of model.architecture(), Flax's default initialisation (tools.torch_twin), the very
 batches train.py sees at each step (Dataset.train_batches for (seed, step)), optim's learning rate
 at each step, its weight-decay mask and placement, gradient clipping, label smoothing, dropout,
 the parameter EMA that evaluation uses, and evaluation over every example of the eval split
@@ -25,8 +25,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
-
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from mobilenet import allocator, checkpoints, devices, errors, metrics, optim, protocol, results
@@ -41,7 +39,7 @@ PARITY_PLOT = "parity.png"
 
 def _import_twin():
   try:
-    from mobilenet import torch_twin  # pylint: disable=import-outside-toplevel
+    from tools import torch_twin  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise errors.ConfigError("parity train needs PyTorch, which is not installed (it is not a "
                              "project dependency: `pip install torch`)") from None
@@ -382,7 +380,7 @@ def plot(by_framework: dict, record: dict, path: str) -> None:
 
 
 def compare_main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mobilenet.parity compare",
+  parser = argparse.ArgumentParser(prog="python -m tools.parity compare",
                                    description="JAX against PyTorch runs of one recipe.")
   parser.add_argument("--jax", nargs="+", required=True, help="finished train.py workdirs")
   parser.add_argument("--torch", nargs="+", required=True, help="finished parity train workdirs")
@@ -403,8 +401,8 @@ def compare_main(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- command line
 
-USAGE = ("usage: python -m mobilenet.parity train --config=configs/dws.py[:seed=N] --workdir=W\n"
-         "       python -m mobilenet.parity compare --jax J... --torch T... [--out DIR]")
+USAGE = ("usage: python -m tools.parity train --config=configs/dws.py[:seed=N] --workdir=W\n"
+         "       python -m tools.parity compare --jax J... --torch T... [--out DIR]")
 
 
 def _train_command() -> None:

@@ -1,6 +1,6 @@
 """Training-step and inference images/s of a config on this device, optionally against PyTorch.
 
-  python -m mobilenet.benchmark --config=configs/dws.py [--batch 32] [--resolution 128]
+  python -m tools.benchmark --config=configs/dws.py [--batch 32] [--resolution 128]
       [--steps N] [--ops] [--torch] [--json] [--variants=dws,conv] [--lanes N]
       [--standard_impls=conv,matmul_grad]
 
@@ -19,7 +19,7 @@ in the same alternating rounds: which of the two is faster depends on the CPU an
 shapes, and the single-op rows of `--ops` do not settle it for a whole model.
 
 `--lanes N` asks what `sweep --lanes N` buys: it runs this benchmark once on every core, then
-N copies at once, each pinned to its share of the cores (mobilenet.lanes), and compares their
+N copies at once, each pinned to its share of the cores (tools.lanes), and compares their
 training images/s in all with the single run's.
 """
 import contextlib
@@ -36,10 +36,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from mobilenet import allocator, devices, errors, lanes, model, ops, optim, steps
+from mobilenet import allocator, cli, devices, errors, model, ops, optim, steps
+from tools import lanes
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")
 flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -176,7 +177,7 @@ def _import_torch():
 class TorchModel:
   """The architecture of `model.architecture()` in PyTorch, with its training step and inference.
 
-  The network and optimizer are mobilenet.torch_twin's, which the parity runs train: TF-style
+  The network and optimizer are tools.torch_twin's, which the parity runs train: TF-style
   'SAME' padding, Flax's initialisation, SGD with Nesterov momentum (or AdamW) at the config's
   peak learning rate with weight decay on the kernels optim.weight_decay_mask decays, optax's
   gradient clipping; the loss is cross-entropy with the config's label smoothing.
@@ -184,7 +185,7 @@ class TorchModel:
 
   def __init__(self, config: ml_collections.ConfigDict, variant: str, threads: int):
     torch = self.torch = _import_torch()
-    from mobilenet import torch_twin  # pylint: disable=import-outside-toplevel  (needs torch)
+    from tools import torch_twin  # pylint: disable=import-outside-toplevel  (needs torch)
     self.twin = torch_twin
     opt = config.optimizer
     torch_twin.check_optimizer(opt)
@@ -562,15 +563,11 @@ def _print_text(report: dict[str, Any]) -> None:
       print(f"  skipped {row}: {why}")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(_):
   if FLAGS.lanes != 1:
     measure, print_text = _measure_lanes, _print_lanes
   else:
     decision = allocator.use_fast_allocator()  # re-executes once where tcmalloc is installed
-    if not FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)
     measure, print_text = (lambda: run(FLAGS.config, decision)), _print_text
   try:
     report = measure()
@@ -600,9 +597,9 @@ def _measure_lanes() -> dict[str, Any]:
   if FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1 or FLAGS.standard_impls:
     raise errors.UserError("--lanes times the JAX training step of one variant: leave out "
                            "--torch, --ops, --standard_impls and a list of --variants")
-  child = [sys.executable, "-m", "mobilenet.benchmark", "--json", *_child_flags(sys.argv[1:])]
+  child = [sys.executable, "-m", "tools.benchmark", "--json", *_child_flags(sys.argv[1:])]
   return compare_lanes(child, FLAGS.lanes)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

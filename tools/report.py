@@ -1,13 +1,13 @@
 """Accuracy against mult-adds of finished runs, as the paper's Tables 4-7 and Figure 4 show it.
 
-    python -m mobilenet.report PATH [PATH ...] --out DIR [--title TEXT] [--paper]
+    python -m tools.report PATH [PATH ...] --out DIR [--title TEXT] [--paper]
                                [--paper-panel | --schedule] [--base-resolution 224]
 
 Each PATH is a workdir holding eval_results.json, or that file itself. Writes
 DIR/results.md (one table per dataset, one row per model, then every run),
 DIR/results.json (the same rows, machine-readable) and
 DIR/accuracy_vs_mult_adds.png. Where runs carry the LiteRT figures that
-`python -m mobilenet.export --workdir=W --int8` merges into eval_results.json,
+`python -m tools.export --workdir=W --int8` merges into eval_results.json,
 the tables gain fp32 and int8 latency and int8 top-1 columns, and
 DIR/accuracy_vs_latency.png plots top-1 against the measured fp32 latency: where
 the mult-adds proxy and the measurement disagree.
@@ -589,7 +589,7 @@ def table_notes(rows: Sequence[ModelRow], with_paper: bool, base_resolution: int
     latency_devices = sorted({run.latency_device.removeprefix(CPU_PREFIX) for row in rows
                               for run in row.runs if run.latency_device is not None})
     notes.append(
-        "LiteRT: the run exported by `python -m mobilenet.export --int8`, timed with the LiteRT "
+        "LiteRT: the run exported by `python -m tools.export --int8`, timed with the LiteRT "
         "interpreter and XNNPACK, batch 1, one thread, median of repeated runs (mean over a "
         "model's exported runs on one CPU); int8 top-1 is the full-integer model's accuracy on "
         "the whole evaluation split (mean ± half the range); — where a run was not exported. On "
@@ -1157,7 +1157,7 @@ def write_report(rows: Sequence[ModelRow], out: pathlib.Path, title: str, with_p
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m mobilenet.report", description=__doc__.split("\n")[0])
+      prog="python -m tools.report", description=__doc__.split("\n")[0])
   parser.add_argument("paths", nargs="+", type=pathlib.Path, metavar="PATH",
                       help=f"a run's workdir, or its {RESULTS_FILENAME}")
   parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",

@@ -6,7 +6,7 @@ and for the input pipeline), so on a CPU several narrower runs train more images
 one wide run. The cores this process may use are split into N disjoint sets; each run is pinned
 to one set, and XLA and tf.data size their thread pools from the cores they are allowed.
 
-    python -m mobilenet.lanes --cpus 0,1 -- python train.py ...   # runs one command pinned
+    python -m tools.lanes --cpus 0,1 -- python train.py ...   # runs one command pinned
 """
 import argparse
 import concurrent.futures
@@ -47,7 +47,7 @@ def pinned(command: Sequence[str], cpus: Optional[Sequence[int]]) -> list[str]:
   """`command`, run pinned to `cpus` (unchanged when None: the run may use every core)."""
   if cpus is None:
     return list(command)
-  return [sys.executable, "-m", "mobilenet.lanes", f"--cpus={','.join(map(str, cpus))}", "--",
+  return [sys.executable, "-m", "tools.lanes", f"--cpus={','.join(map(str, cpus))}", "--",
           *command]
 
 
@@ -96,7 +96,7 @@ def log_file(workdir: pathlib.Path) -> pathlib.Path:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mobilenet.lanes",
+  parser = argparse.ArgumentParser(prog="python -m tools.lanes",
                                    description="Runs one command pinned to the given cores.")
   parser.add_argument("--cpus", required=True, help="comma-separated core numbers, e.g. 0,1")
   parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")

@@ -1,5 +1,5 @@
 """MobileNet in PyTorch, built from `model.architecture()`: the independent twin that the parity
-runs (`mobilenet.parity`) train and that `benchmark --torch` times.
+runs (`tools.parity`) train and that `benchmark --torch` times.
 
 It computes the same function as the Flax model: TF-style 'SAME' padding (a stride-2 3x3 layer
 on an even input pads 0 before and 1 after, where PyTorch's padding=1 would pad 1 and 1),
