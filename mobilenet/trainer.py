@@ -273,13 +273,13 @@ def _describe(config, plan: RunPlan) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains from the latest checkpoint in `workdir` (or from scratch) to the end; evaluates."""
-  plan = plan_run(config)
   with checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                 before_commit=lambda: HOOKS.save_committing()) as checkpointer:
     start_step = checkpointer.latest_step() or 0
-    if start_step:  # another run's checkpoint is refused now, before anything is compiled
+    if start_step:  # another run's checkpoint is refused now, before any data is read
       checkpoints.check_same_run(checkpointer.saved_config(start_step),
                                  json.loads(config.to_json_best_effort()), workdir)
+    plan = plan_run(config)
     finished = results.finished_run(workdir, start_step, plan.total_steps)
     if finished is not None:  # nothing to train or evaluate again, nothing to append to the logs
       metrics.console(f"This run is finished (step {start_step} of {plan.total_steps}); its "
