@@ -18,6 +18,7 @@ if __name__ == "__main__":
 from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+from configs import base  # pylint: disable=g-import-not-at-top
 from mobilenet import cli, evaluation  # pylint: disable=g-import-not-at-top
 
 config_flags.DEFINE_config_file(
@@ -32,7 +33,8 @@ FLAGS = flags.FLAGS
 
 def main(_):
   config, workdir = cli.prepare_evaluation(FLAGS["config"], FLAGS.workdir, step=FLAGS.step,
-                                           resolution=FLAGS.resolution)
+                                           resolution=FLAGS.resolution,
+                                           check_first=base.check_protocol_folder)
   evaluation.evaluate_checkpoint(config, workdir, FLAGS.step)
 
 

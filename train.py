@@ -15,6 +15,7 @@ if __name__ == "__main__":
 from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+from configs import base  # pylint: disable=g-import-not-at-top
 from mobilenet import cli, trainer  # pylint: disable=g-import-not-at-top
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:alpha=0.5]",
@@ -25,7 +26,7 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-  result = cli.train(FLAGS.config, FLAGS.workdir)
+  result = cli.train(FLAGS.config, FLAGS.workdir, check_first=base.check_protocol_folder)
   if "preempted_at" in result:
     sys.exit(trainer.EXIT_PREEMPTED)
 

@@ -5,34 +5,26 @@ import os
 import re
 import sys
 import tempfile
+from typing import Callable
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs import base
 from mobilenet import checkpoints, costs, devices, errors, input as input_lib
-from mobilenet import model, optim, protocol, trainer
+from mobilenet import defaults, model, optim, protocol, trainer
 
 
-# The protocol's folder (configs/base.py's default), which tools/prepare_imagenette.py makes.
-PROTOCOL_DATASET = "imagenette2-224"
-
-
-def check_protocol_folder(data: ml_collections.ConfigDict) -> None:
-  """A missing protocol folder (a clone without ../shared) names the command that makes it."""
-  if (data.source == "folder" and not os.path.isdir(data.folder)
-      and protocol.dataset_name(data) == PROTOCOL_DATASET):
-    raise errors.ConfigError(
-        f"config.data.folder: no such directory: {data.folder}; make it with `python -m "
-        f"tools.prepare_imagenette --out={data.folder}` (Imagenette2 through tensorflow-datasets, "
-        "1.5 GB download), or point --config.data.folder at a folder of <split>/<class>/ images")
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict,
+                 check_first: Callable[[ml_collections.ConfigDict], None] | None = None) -> None:
   """Raises ConfigError naming the first bad field; runs before anything is compiled. Each
-  section is checked by the module that owns its choices."""
-  check_protocol_folder(config.data)
+  section is checked by the module that owns its choices; `check_first` is the caller's own
+  check (a repository's hint for its data folder, say), run before them."""
+  if check_first:
+    check_first(config)
+  if config.data.source == "folder" and not config.data.folder:
+    raise errors.ConfigError("config.data.folder is empty: pass --config.data.folder=<root of "
+                             "<split>/<class>/ images>, or --config.data.source=tfds")
   model.check_config(config.model)
   try:
     costs.check_resolution(config.data.resolution)
@@ -100,25 +92,15 @@ def no_empty_workdir_left_on_failure(workdir: str):
     raise
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str | None, *,
+          check_first: Callable[[ml_collections.ConfigDict], None] | None = None) -> dict:
   """train.py: checks the config, then trains and evaluates in the workdir (see above)."""
   devices.initialize_distributed(config.distributed)
-  check_config(config)
+  check_config(config, check_first)
   workdir = workdir or default_workdir(config)
   with no_empty_workdir_left_on_failure(workdir):
     check_writable(workdir)
     return trainer.train_and_evaluate(config, workdir)
-
-
-def _update_known_fields(config: ml_collections.ConfigDict, saved: dict) -> None:
-  """Copies the saved values of the fields this code still has (older runs may lack some)."""
-  for key, value in saved.items():
-    if key not in config:
-      continue
-    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
-      _update_known_fields(config[key], value)
-    elif value is not None:
-      config[key] = type(config[key])(value) if isinstance(config[key], float) else value
 
 
 def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides: dict,
@@ -129,8 +111,7 @@ def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides:
   A config file or flag that contradicts the trained model or its resolution is refused;
   `resolution` evaluates at another resolution deliberately.
   """
-  config = base.get_base_config()
-  _update_known_fields(config, saved)
+  config = defaults.from_saved(saved)
   trained = {field: checkpoints.lookup(config, field) for field in protocol.EVALUATION_FIELDS}
   hint = "; eval.py reads the model from the checkpoint, so --config can be left out"
   if file_config is not None:
@@ -151,8 +132,9 @@ def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides:
   return config
 
 
-def prepare_evaluation(config_flag, workdir: str, *, step: int | None,
-                       resolution: int | None) -> tuple[ml_collections.ConfigDict, str]:
+def prepare_evaluation(config_flag, workdir: str, *, step: int | None, resolution: int | None,
+                       check_first: Callable[[ml_collections.ConfigDict], None] | None = None
+                       ) -> tuple[ml_collections.ConfigDict, str]:
   """eval.py's config from the checkpoint in `workdir` and the command line (see above)."""
   devices.initialize_distributed(config_flag.value.distributed)
   if not os.path.isdir(workdir):
@@ -161,7 +143,7 @@ def prepare_evaluation(config_flag, workdir: str, *, step: int | None,
   config = evaluation_config(
       saved, workdir, file_config=config_flag.value if config_flag.present else None,
       overrides=config_flags.get_override_values(config_flag), resolution=resolution)
-  check_config(config)
+  check_config(config, check_first)
   return config, workdir
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mobilenet import checkpoints, devices, metrics, results, steps
+from mobilenet import checkpoints, devices, imagenet, metrics, results, steps
 from mobilenet.input import Dataset
 
 
@@ -48,11 +48,20 @@ def measure_inference_speed(net, variables: dict, config, *, batch_size: int = 6
 
 
 def restore_variables(config: ml_collections.ConfigDict, checkpointer: checkpoints.Checkpointer,
-                      step: int, mesh) -> tuple[steps.Evaluation, dict]:
+                      step: int, mesh, *, class_columns=None) -> tuple[steps.Evaluation, dict]:
   """The evaluation step of `config` on `mesh`, and the checkpoint's evaluated variables (EMA
   parameters and batch statistics), restored into its shapes."""
-  evaluation = steps.build_evaluation(config, mesh)
+  evaluation = steps.build_evaluation(config, mesh, class_columns=class_columns)
   return evaluation, checkpointer.restore_part(evaluation.abstract_variables, step)
+
+
+def dataset_columns(dataset: Dataset, num_classes: int):
+  """None where the dataset has the model's classes; else the model's outputs that stand for
+  them (an ImageNet model on a folder of ImageNet synsets: mobilenet.imagenet)."""
+  names = dataset.label_names
+  if len(names) == num_classes:
+    return None
+  return imagenet.class_columns(names, num_classes)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -68,13 +77,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     saved = checkpointer.saved_config(step)
     checkpoints.check_same_model(saved, config.to_dict(), workdir)
     trained_resolution = saved.get("data", {}).get("resolution", config.data.resolution)
-    evaluation, variables = restore_variables(config, checkpointer, step, devices.device_mesh())
-  dataset = Dataset(config.data)
+    dataset = Dataset(config.data)
+    class_columns = dataset_columns(dataset, config.model.num_classes)
+    evaluation, variables = restore_variables(config, checkpointer, step, devices.device_mesh(),
+                                              class_columns=class_columns)
   totals = evaluate(evaluation, variables,
                     dataset.eval_batches(global_batch_size=config.train.eval_batch_size))
   speed = measure_inference_speed(evaluation.net, variables, config)
   record = {**results.evaluation_record(config, step, totals, devices.description()),
             "infer_images_per_s": speed}
+  if class_columns is not None:
+    record["scored_on_classes"] = f"{len(class_columns)} of the model's {config.model.num_classes}"
   if config.data.resolution == trained_resolution:
     path = os.path.join(workdir, results.FILENAME)
     previous = results.read_if_any(path)

@@ -41,6 +41,8 @@ SHALLOW_REMOVED_BLOCKS = (7, 8, 9, 10, 11)  # 1-based indices into SEPARABLE_BLO
 
 VARIANTS = ("dws", "conv", "shallow")
 DTYPES = ("float32", "bfloat16")  # of the computation: config.model.dtype
+# After each BatchNorm: the paper's ReLU, or the ReLU6 that the released ImageNet weights used.
+ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
 
 # Layer kinds, named as in the paper's Table 2.
 CONV_3X3 = "Conv 3x3"
@@ -93,7 +95,8 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(f"config.model.{error}") from None
   if m.num_classes < 1:
     raise errors.ConfigError(f"config.model.num_classes must be >= 1; got {m.num_classes}")
-  for field, choices in (("dtype", DTYPES), ("depthwise_impl", ops.DEPTHWISE_IMPLS),
+  for field, choices in (("dtype", DTYPES), ("activation", tuple(ACTIVATIONS)),
+                         ("depthwise_impl", ops.DEPTHWISE_IMPLS),
                          ("pointwise_impl", ops.POINTWISE_IMPLS),
                          ("standard_impl", ops.STANDARD_IMPLS)):
     value = getattr(m, field)
@@ -134,11 +137,12 @@ def total_stride() -> int:
 
 
 class ConvBN(nn.Module):
-  """A conv of `architecture()` followed by `norm` and ReLU."""
+  """A conv of `architecture()` followed by `norm` and the activation (ReLU or ReLU6)."""
   layer: Layer
   conv_general_dilated: ops.ConvFn
   norm: ModuleDef
   dtype: Any
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -156,7 +160,7 @@ class ConvBN(nn.Module):
         name="conv")(x)
     x = self.norm(use_running_average=not train, dtype=self.dtype, param_dtype=jnp.float32,
                   name="bn")(x)
-    return nn.relu(x)
+    return ACTIVATIONS[self.activation](x)
 
 
 class MobileNet(nn.Module):
@@ -175,6 +179,7 @@ class MobileNet(nn.Module):
   pointwise_conv: ops.ConvFn
   standard_conv: ops.ConvFn
   norm: ModuleDef  # called with use_running_average, dtype, param_dtype and name
+  activation: str = "relu"  # a key of ACTIVATIONS
 
   @property
   def layers(self) -> Sequence[Layer]:
@@ -190,7 +195,7 @@ class MobileNet(nn.Module):
     *convs, classifier = self.layers
     for layer in convs:
       x = ConvBN(layer, conv_general_dilated=self._conv_for(layer), norm=self.norm,
-                 dtype=self.dtype, name=layer.name)(x, train)
+                 dtype=self.dtype, activation=self.activation, name=layer.name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(classifier.out_channels, dtype=self.dtype, param_dtype=jnp.float32,
@@ -214,4 +219,5 @@ def from_config(model_config: ml_collections.ConfigDict, *,
       depthwise_conv=ops.depthwise_conv_fn(m.depthwise_impl),
       pointwise_conv=ops.pointwise_conv_fn(m.pointwise_impl),
       standard_conv=ops.standard_conv_fn(m.standard_impl),
-      norm=functools.partial(nn.BatchNorm, momentum=m.bn_momentum, epsilon=m.bn_epsilon))
+      norm=functools.partial(nn.BatchNorm, momentum=m.bn_momentum, epsilon=m.bn_epsilon),
+      activation=m.activation)

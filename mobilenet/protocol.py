@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 MODEL_FIELDS = ("model.variant", "model.alpha", "model.num_classes")
 # Fields that also decide what evaluating a checkpoint computes: eval.py takes them from the
 # checkpoint and refuses a flag or config file that says otherwise.
-EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "data.resolution")
+EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "model.activation", "data.resolution")
 # Where the data and runs live, how often to log, evaluate or save, and which implementation
 # computes the same function: runs that differ only in these fields measure the same thing.
 # Every other field changes what a run measures; the dataset itself is told by dataset_name.

@@ -76,20 +76,24 @@ def _all_finite(tree) -> jax.Array:
                             if jnp.issubdtype(leaf.dtype, jnp.inexact)]))
 
 
-def eval_step(variables, batch, *, net: model.MobileNet):
+def eval_step(variables, batch, *, net: model.MobileNet, class_columns=None):
   """Sums over the real (unmasked) examples of a padded batch; `variables` are the evaluated
-  (EMA) parameters and the batch statistics."""
+  (EMA) parameters and the batch statistics. `class_columns`: the dataset's classes are these
+  outputs of the model (an ImageNet model scored on a folder of ImageNet synsets)."""
   logits = net.apply({"params": variables["ema_params"], "batch_stats": variables["batch_stats"]},
                      batch["image"], train=False)
+  if class_columns is not None:
+    logits = logits[:, class_columns]
+  num_classes = logits.shape[-1]
   mask = batch["mask"]
   labels = batch["label"]
-  k = min(5, net.num_classes)
+  k = min(5, num_classes)
   top_k = jax.lax.top_k(logits, k)[1]
   in_top_k = jnp.any(top_k == labels[:, None], axis=-1)
   return {
       "top1": jnp.sum((jnp.argmax(logits, -1) == labels) & mask),
       "top5": jnp.sum(in_top_k & mask),
-      "loss": jnp.sum(jnp.where(mask, cross_entropy(logits, labels, net.num_classes), 0.0)),
+      "loss": jnp.sum(jnp.where(mask, cross_entropy(logits, labels, num_classes), 0.0)),
       "count": jnp.sum(mask),
   }
 
@@ -131,7 +135,9 @@ class Evaluation:
             for name, value in local_batch.items()}
 
 
-def build_evaluation(config: ml_collections.ConfigDict, mesh: Mesh) -> Evaluation:
+def build_evaluation(config: ml_collections.ConfigDict, mesh: Mesh, *,
+                     class_columns: np.ndarray | None = None) -> Evaluation:
+  """class_columns: see eval_step."""
   net = model.from_config(config.model)
   replicated = NamedSharding(mesh, PartitionSpec())
   # The key is made inside the abstract call: made eagerly, it would compile two small programs,
@@ -142,7 +148,7 @@ def build_evaluation(config: ml_collections.ConfigDict, mesh: Mesh) -> Evaluatio
                              "batch_stats": variables["batch_stats"],
                              "ema_params": variables["params"]}, replicated)
   evaluation = Evaluation(net, mesh, abstract, eval=None)
-  evaluate = jax.jit(functools.partial(eval_step, net=net),
+  evaluate = jax.jit(functools.partial(eval_step, net=net, class_columns=class_columns),
                      in_shardings=(replicated, evaluation.batch_sharding),
                      out_shardings=replicated)
   return dataclasses.replace(evaluation, eval=evaluate)

@@ -55,10 +55,15 @@ class Dataset:
     self._source.check_layout(self.config)
 
   @functools.cached_property
+  def label_names(self) -> tuple[str, ...]:
+    """The class names in label order (a folder's class folders), without loading a split."""
+    self.check_layout()
+    return tuple(self._source.label_names(self.config))
+
+  @functools.cached_property
   def info(self) -> DatasetInfo:
     """Class names and example counts (readable images only): both splits are loaded."""
-    self.check_layout()
-    label_names = self._source.label_names(self.config)
+    label_names = self.label_names
     return DatasetInfo(
         num_classes=len(label_names),
         label_names=label_names,
