@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from tools import report
+from tools.report import aggregate, build, command, formatting, load, paper, plots, schedule
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +40,7 @@ def sweep(tmp_path_factory) -> pathlib.Path:
 def paper_report(sweep, tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp("report")
   paths = [str(path) for path in sorted(sweep.iterdir())]
-  assert report.main(paths + ["--out", str(out), "--paper", "--base-resolution", "128",
+  assert command.TOOL.call(paths + ["--out", str(out), "--paper", "--base-resolution", "128",
                               "--title", "Imagenette sweep"]) == 0
   return out
 
@@ -135,7 +135,7 @@ def test_plot_is_a_valid_png_of_real_size(paper_report):
 
 def test_without_paper_flag_there_is_no_paper_column_and_a_workdir_counts_once(sweep, tmp_path):
   run = sweep / "half"
-  assert report.main([str(run), str(run / "eval_results.json"), "--out", str(tmp_path)]) == 0
+  assert command.TOOL.call([str(run), str(run / "eval_results.json"), "--out", str(tmp_path)]) == 0
   markdown = (tmp_path / "results.md").read_text()
   assert "Paper" not in markdown
   assert table_rows(markdown, "## Imagenette") == [["0.5 MobileNet-128", "79.2%", "49", "0.9",
@@ -143,22 +143,22 @@ def test_without_paper_flag_there_is_no_paper_column_and_a_workdir_counts_once(s
 
 
 def test_names_follow_the_paper_and_mark_non_base_conv_and_shallow():
-  assert report.model_name("dws", 1.0, 224, 224) == "1.0 MobileNet-224"
-  assert report.model_name("dws", 0.75, 128, 128) == "0.75 MobileNet-128"
-  assert report.model_name("conv", 1.0, 128, 128) == "Conv MobileNet"
-  assert report.model_name("conv", 1.0, 96, 128) == "Conv MobileNet-96"
-  assert report.model_name("shallow", 0.5, 224, 224) == "0.5 Shallow MobileNet"
+  assert aggregate.model_name("dws", 1.0, 224, 224) == "1.0 MobileNet-224"
+  assert aggregate.model_name("dws", 0.75, 128, 128) == "0.75 MobileNet-128"
+  assert aggregate.model_name("conv", 1.0, 128, 128) == "Conv MobileNet"
+  assert aggregate.model_name("conv", 1.0, 96, 128) == "Conv MobileNet-96"
+  assert aggregate.model_name("shallow", 0.5, 224, 224) == "0.5 Shallow MobileNet"
 
 
 def test_project_resolution_ladder_maps_onto_the_papers():
-  assert [report.paper_resolution(r, 128) for r in (128, 112, 96, 80)] == [224, 192, 160, 128]
-  assert [report.paper_resolution(r, 224) for r in (224, 192, 160, 128)] == [224, 192, 160, 128]
-  assert report.paper_resolution(48, 128) is None  # 84 px: far from every rung
+  assert [paper.paper_resolution(r, 128) for r in (128, 112, 96, 80)] == [224, 192, 160, 128]
+  assert [paper.paper_resolution(r, 224) for r in (224, 192, 160, 128)] == [224, 192, 160, 128]
+  assert paper.paper_resolution(48, 128) is None  # 84 px: far from every rung
 
 
 def run_failing(argv, capsys) -> str:
   """Runs main expecting failure; returns its single line of stderr."""
-  assert report.main(argv) != 0
+  assert command.TOOL.call(argv) != 0
   error = capsys.readouterr().err
   assert error.count("\n") == 1 and "Traceback" not in error
   return error
@@ -177,7 +177,7 @@ def test_only_unfinished_workdirs_fail_with_one_line_naming_them(tmp_path, capsy
 def test_unfinished_workdir_beside_finished_runs_is_skipped_with_one_warning(tmp_path, capsys):
   finished = write_run(tmp_path / "finished")
   (tmp_path / "unfinished").mkdir()
-  assert report.main([str(finished), str(tmp_path / "unfinished"),
+  assert command.TOOL.call([str(finished), str(tmp_path / "unfinished"),
                       "--out", str(tmp_path / "out")]) == 0
   error = capsys.readouterr().err
   assert error.count("\n") == 1 and error.startswith("warning: ")
@@ -189,7 +189,7 @@ def test_malformed_results_fail_the_report_even_beside_unfinished_workdirs(tmp_p
   broken = write_run(tmp_path / "broken")
   (broken / "eval_results.json").write_text('{"top1": 0.8,')
   (tmp_path / "unfinished").mkdir()
-  assert report.main([str(tmp_path / "unfinished"), str(broken),
+  assert command.TOOL.call([str(tmp_path / "unfinished"), str(broken),
                       "--out", str(tmp_path / "out")]) != 0
   error = capsys.readouterr().err.splitlines()[-1]
   assert error.startswith("error: ") and str(broken / "eval_results.json") in error
@@ -235,7 +235,7 @@ def test_each_dataset_gets_its_own_table_headed_by_its_name(tmp_path):
   imagenette = write_run(tmp_path / "imagenette")
   imagenet = write_run(tmp_path / "imagenet", dataset="imagenet2012", resolution=224, top1=0.702,
                        mult_adds=569_000_000, params=4_230_000)
-  assert report.main([str(imagenette), str(imagenet), "--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(imagenette), str(imagenet), "--out", str(tmp_path / "out")]) == 0
   markdown = (tmp_path / "out" / "results.md").read_text()
   assert "| Model | ImageNet Accuracy |" in markdown
   assert "| Model | Imagenette Accuracy |" in markdown
@@ -246,14 +246,14 @@ def test_each_dataset_gets_its_own_table_headed_by_its_name(tmp_path):
 def test_crowded_labels_still_make_a_plot(tmp_path):
   """Many models at one point: no free place is left for most labels, the plot still comes out."""
   runs = [write_run(tmp_path / f"run{alpha}", alpha=alpha) for alpha in (1.0, 0.9, 0.8, 0.7, 0.6)]
-  assert report.main([str(run) for run in runs] + ["--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(run) for run in runs] + ["--out", str(tmp_path / "out")]) == 0
   assert (tmp_path / "out" / "accuracy_vs_mult_adds.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_dataset_labels_read_the_names_the_trainer_writes():
-  assert report.dataset_label("imagenette2-224") == "Imagenette"
-  assert report.dataset_label("imagenet2012") == "ImageNet"
-  assert report.dataset_label("cifar10") == "cifar10"
+  assert formatting.dataset_label("imagenette2-224") == "Imagenette"
+  assert formatting.dataset_label("imagenet2012") == "ImageNet"
+  assert formatting.dataset_label("cifar10") == "cifar10"
 
 
 # ---------------------------------------------------------------- protocols
@@ -289,7 +289,7 @@ def test_seeds_of_one_protocol_merge_though_paths_and_logging_differ(tmp_path):
   write_config(first)
   write_config(second, seed=1, data__folder="/elsewhere", train__log_every_steps=7,
                model__depthwise_impl="grouped")
-  assert report.main([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
   assert list(model_rows(tmp_path / "out")) == ["1.0 MobileNet-128"]
 
 
@@ -305,7 +305,7 @@ def test_runs_of_one_model_under_different_protocols_are_separate_labelled_rows(
   second = write_run(tmp_path / "b", seed=1, top1=0.60)
   write_config(first)
   write_config(second, seed=1, **changes)
-  assert report.main([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
   (value,) = changes.values()
   section, name = label.split(".")
   original = BASE_CONFIG[section][name]
@@ -321,7 +321,7 @@ def test_two_seeds_of_each_of_two_protocols_make_two_merged_rows(tmp_path):
       run = write_run(tmp_path / f"e{epochs:g}_s{seed}", seed=seed, top1=0.5 + epochs / 100)
       write_config(run, seed=seed, train__num_epochs=epochs)
       paths.append(str(run))
-  assert report.main(paths + ["--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call(paths + ["--out", str(tmp_path / "out")]) == 0
   rows = model_rows(tmp_path / "out")
   assert rows["1.0 MobileNet-128 (train.num_epochs=10.0)"][1] == "60.0% ± 0.0 (2 seeds)"
   assert rows["1.0 MobileNet-128 (train.num_epochs=3.0)"][1] == "53.0% ± 0.0 (2 seeds)"
@@ -335,7 +335,7 @@ def test_runs_evaluated_at_different_steps_do_not_merge(tmp_path):
   final, earlier = write_run(tmp_path / "final", step=1470), write_run(tmp_path / "early", step=500)
   write_config(final)
   write_config(earlier)
-  assert report.main([str(final), str(earlier), "--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(final), str(earlier), "--out", str(tmp_path / "out")]) == 0
   assert sorted(model_rows(tmp_path / "out")) == ["1.0 MobileNet-128 (step=1470)",
                                                   "1.0 MobileNet-128 (step=500)"]
 
@@ -343,7 +343,7 @@ def test_runs_evaluated_at_different_steps_do_not_merge(tmp_path):
 def test_a_run_without_config_json_does_not_merge_with_runs_that_have_one(tmp_path):
   known, unknown = write_run(tmp_path / "known", seed=0), write_run(tmp_path / "unknown", seed=1)
   write_config(known)
-  assert report.main([str(known), str(unknown), "--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(known), str(unknown), "--out", str(tmp_path / "out")]) == 0
   assert sorted(model_rows(tmp_path / "out")) == ["1.0 MobileNet-128",
                                                   "1.0 MobileNet-128 (config.json=missing)"]
 
@@ -352,7 +352,7 @@ def test_different_models_need_no_protocol_label(tmp_path):
   wide, narrow = write_run(tmp_path / "wide"), write_run(tmp_path / "narrow", alpha=0.5)
   write_config(wide)
   write_config(narrow, model__alpha=0.5)
-  assert report.main([str(wide), str(narrow), "--out", str(tmp_path / "out")]) == 0
+  assert command.TOOL.call([str(wide), str(narrow), "--out", str(tmp_path / "out")]) == 0
   assert sorted(model_rows(tmp_path / "out")) == ["0.5 MobileNet-128", "1.0 MobileNet-128"]
 
 
@@ -365,15 +365,15 @@ def test_malformed_config_json_fails_with_one_line_naming_it(tmp_path, capsys):
 
 def test_committed_runs_rebuild_their_committed_tables(tmp_path):
   """The protocol split leaves the first sweep's tables as they are: all their seeds merge."""
-  from tools import sweep
+  from tools import runs, sweep
 
-  archive = sweep.RESULTS / "untuned_10_epochs"
+  archive = runs.RESULTS / "untuned_10_epochs"
   for table in ("table4", "table6"):
     done = [str(archive / "runs" / row.name) for row in sweep.TABLES[table]
             if (archive / "runs" / row.name / "eval_results.json").is_file()]
     out = tmp_path / table
     title = f"Table {table.removeprefix('table')} of the paper, on Imagenette"
-    assert report.main(done + ["--out", str(out), "--paper", "--base-resolution",
+    assert command.TOOL.call(done + ["--out", str(out), "--paper", "--base-resolution",
                                str(sweep.BASE_RESOLUTION), "--title", title]) == 0
     assert ((out / "results.md").read_text()
             == (archive / table / "results.md").read_text())
@@ -401,7 +401,7 @@ def latency_report(tmp_path_factory) -> pathlib.Path:
             **exported(litert_fp32_ms=123.4, litert_int8_ms=40.25, litert_int8_top1=0.775))
   write_run(runs / "half", alpha=0.5, top1=0.67, params=870_000, mult_adds=48_700_000)
   out = tmp_path_factory.mktemp("latency_report")
-  assert report.main([str(path) for path in sorted(runs.iterdir())]
+  assert command.TOOL.call([str(path) for path in sorted(runs.iterdir())]
                      + ["--out", str(out), "--paper", "--base-resolution", "128"]) == 0
   return out
 
@@ -467,7 +467,7 @@ def two_device_report(tmp_path_factory) -> pathlib.Path:
   write_run(runs / "dws_s0", seed=0, top1=0.859, device="cpu: " + xeon, infer_images_per_s=434.0,
             **exported(xeon, litert_fp32_ms=2.9, litert_int8_ms=1.0, litert_int8_top1=0.860))
   out = tmp_path_factory.mktemp("two_device_report")
-  assert report.main([str(path) for path in sorted(runs.iterdir())]
+  assert command.TOOL.call([str(path) for path in sorted(runs.iterdir())]
                      + ["--out", str(out), "--paper", "--base-resolution", "128"]) == 0
   return out
 
@@ -502,7 +502,7 @@ def test_latency_note_names_each_cpu_once_whether_the_export_named_it_or_not(tmp
   write_run(tmp_path / "unnamed", seed=1, device="cpu: " + epyc,  # an export that named none
             **exported(None, litert_fp32_ms=3.2, litert_int8_ms=1.1, litert_int8_top1=0.7))
   out = tmp_path / "report"
-  assert report.main([str(tmp_path / "named"), str(tmp_path / "unnamed"), "--out", str(out)]) == 0
+  assert command.TOOL.call([str(tmp_path / "named"), str(tmp_path / "unnamed"), "--out", str(out)]) == 0
   markdown = (out / "results.md").read_text()
   assert "mean over a model's exported runs on one CPU" in markdown
   assert f"On {epyc}: an x86 CPU" in markdown
@@ -513,20 +513,20 @@ def test_latency_plot_of_two_cpus_is_still_written(two_device_report):
 
 
 def test_device_labels_shorten_cpu_names_add_cores_or_keep_full_names_where_they_collide():
-  assert report.device_labels(["cpu: AMD EPYC 7B13, 2 cores", "gpu: NVIDIA H200 x1"]) == {
+  assert formatting.device_labels(["cpu: AMD EPYC 7B13, 2 cores", "gpu: NVIDIA H200 x1"]) == {
       "cpu: AMD EPYC 7B13, 2 cores": "EPYC 7B13", "gpu: NVIDIA H200 x1": "gpu: NVIDIA H200 x1"}
   one_cpu_two_shares = ["cpu: AMD EPYC, 1 of 2 cores", "cpu: AMD EPYC, 2 cores"]
-  assert report.device_labels(one_cpu_two_shares) == {
+  assert formatting.device_labels(one_cpu_two_shares) == {
       "cpu: AMD EPYC, 1 of 2 cores": "EPYC 1 of 2 cores", "cpu: AMD EPYC, 2 cores": "EPYC 2 cores"}
   same_name = ["cpu: AMD EPYC, 2 cores", "cpu: AMD(R) EPYC, 2 cores"]
-  assert report.device_labels(same_name) == {device: device for device in same_name}
+  assert formatting.device_labels(same_name) == {device: device for device in same_name}
 
 
 def test_without_any_exported_run_there_are_no_latency_columns_keys_or_plot(sweep, tmp_path):
   out = tmp_path / "out"
   out.mkdir()
   (out / "accuracy_vs_latency.png").write_bytes(PNG_SIGNATURE)  # from an earlier report
-  assert report.main([str(sweep / "conv"), "--out", str(out)]) == 0
+  assert command.TOOL.call([str(sweep / "conv"), "--out", str(out)]) == 0
   assert "LiteRT" not in (out / "results.md").read_text()
   assert "litert" not in (out / "results.json").read_text()
   assert not (out / "accuracy_vs_latency.png").exists()
@@ -550,7 +550,7 @@ def test_paper_panel_plots_two_panels_and_brings_the_paper_column(sweep, tmp_pat
   from matplotlib import image
 
   out = tmp_path / "out"
-  assert report.main([str(path) for path in sorted(sweep.iterdir())]
+  assert command.TOOL.call([str(path) for path in sorted(sweep.iterdir())]
                      + ["--out", str(out), "--paper-panel", "--base-resolution", "128"]) == 0
   assert "Paper: ImageNet Top-1 / Mult-Adds / Params" in (out / "results.md").read_text()
   height, width, _ = image.imread(out / "accuracy_vs_mult_adds.png").shape
@@ -561,14 +561,14 @@ def test_the_panels_points_are_a_models_mean_and_spread_and_the_papers_figures(t
   paths = [write_run(tmp_path / "s0", seed=0, top1=0.85), write_run(tmp_path / "s1", seed=1,
                                                                     top1=0.86),
            write_run(tmp_path / "tiny", resolution=48, mult_adds=26_000_000, top1=0.6)]
-  runs, _ = report.load_runs(paths)
-  rows = {row.name: row for row in report.aggregate(runs, 128)}
-  ours = report.measured_point(rows["1.0 MobileNet-128"])
+  runs, _ = load.load_runs(paths)
+  rows = {row.name: row for row in aggregate.aggregate(runs, 128)}
+  ours = plots.measured_point(rows["1.0 MobileNet-128"])
   assert (ours.label, ours.million_mult_adds) == ("1.0 MobileNet-128", 186.123456)
   assert (ours.top1_percent, ours.spread) == (pytest.approx(85.5), pytest.approx(0.5))
-  assert report.paper_point(rows["1.0 MobileNet-128"]) == report.PlanePoint(
+  assert plots.paper_point(rows["1.0 MobileNet-128"]) == plots.PlanePoint(
       "1.0 MobileNet-224", 569, 70.6)
-  assert report.paper_point(rows["1.0 MobileNet-48"]) is None  # no such row in the paper
+  assert plots.paper_point(rows["1.0 MobileNet-48"]) is None  # no such row in the paper
 
 
 # ---------------------------------------------------------------- schedule study
@@ -600,7 +600,7 @@ def schedule_report(tmp_path_factory) -> pathlib.Path:
            write_study_run(runs / "conv_e5_s0", 5.0, 0, 0.70, variant="conv",
                            params=28_150_000, mult_adds=1_606_000_000)]
   out = tmp_path_factory.mktemp("schedule_report")
-  assert report.main([str(path) for path in paths] + [
+  assert command.TOOL.call([str(path) for path in paths] + [
       "--out", str(out), "--schedule", "--base-resolution", "128", "--title", "Study"]) == 0
   return out
 
@@ -622,7 +622,7 @@ def test_schedule_train_times_of_seeds_on_different_devices_are_shown_per_device
                            train_wall_s=1800.0),
            write_study_run(tmp_path / "s1", 5.0, 1, 0.62,
                            device="cpu: Intel(R) Xeon(R) Processor, 2 cores", train_wall_s=1200.0)]
-  assert report.main([str(path) for path in paths] + [
+  assert command.TOOL.call([str(path) for path in paths] + [
       "--out", str(tmp_path / "out"), "--schedule", "--base-resolution", "128"]) == 0
   markdown = (tmp_path / "out" / "schedule.md").read_text()
   assert table_rows(markdown, "# ")[0][5] == "30m00s (EPYC), 20m00s (Xeon)"
@@ -635,7 +635,7 @@ def test_schedule_train_times_of_seeds_on_different_devices_are_shown_per_device
 
 def test_schedule_runs_without_a_train_time_show_a_dash_and_say_none_was_recorded(tmp_path):
   run = write_study_run(tmp_path / "s0", 5.0, 0, 0.60, train_wall_s=None)
-  assert report.main([str(run), "--out", str(tmp_path / "out"), "--schedule"]) == 0
+  assert command.TOOL.call([str(run), "--out", str(tmp_path / "out"), "--schedule"]) == 0
   markdown = (tmp_path / "out" / "schedule.md").read_text()
   assert table_rows(markdown, "# ")[0][5] == "—"
   assert "on the device of its last training sitting; none was recorded." in markdown
@@ -645,7 +645,7 @@ def test_schedule_runs_without_a_train_time_show_a_dash_and_say_none_was_recorde
 def test_a_run_evaluated_again_elsewhere_keeps_its_train_time_on_its_training_device(tmp_path):
   run = write_study_run(tmp_path / "s0", 5.0, 0, 0.60, device="cpu: Intel(R) Xeon(R), 2 cores",
                         train_device="cpu: AMD EPYC, 2 cores", train_wall_s=1800.0)
-  assert report.main([str(run), "--out", str(tmp_path / "out"), "--schedule"]) == 0
+  assert command.TOOL.call([str(run), "--out", str(tmp_path / "out"), "--schedule"]) == 0
   point = json.loads((tmp_path / "out" / "schedule.json").read_text())["points"][0]
   assert point["train_wall_s_by_device"] == {"cpu: AMD EPYC, 2 cores": 1800.0}
 
@@ -675,9 +675,9 @@ def test_an_evaluation_is_placed_at_its_recorded_epoch_else_at_its_step_and_the_
                 dict(step=200, kind="eval", top1=0.4),
                 dict(step=200, kind="eval", top1=0.5),  # evaluated again after a resume
                 dict(step=300, kind="eval", top1=0.6, epoch=2.9))
-  runs, _ = report.load_runs([run])
-  (point,) = report.schedule_points(report.aggregate(runs, 128), 128)
-  curve = report.eval_curve(point, runs[0])
+  runs, _ = load.load_runs([run])
+  (point,) = schedule.schedule_points(aggregate.aggregate(runs, 128), 128)
+  curve = schedule.eval_curve(point, runs[0])
   assert curve.epochs == (1.0, 2.0, 2.9)
   assert curve.top1 == (0.3, 0.5, 0.6)
 
@@ -702,17 +702,17 @@ def test_latency_plot_over_two_datasets_names_and_colours_the_one_it_shows(tmp_p
             **exported("AMD EPYC, 2 cores", litert_fp32_ms=2.9, litert_int8_ms=1.0,
                        litert_int8_top1=0.85))
   write_run(tmp_path / "dogs", dataset="aadogs", top1=0.60)  # sorts before Imagenette
-  runs, _ = report.load_runs(sorted(tmp_path.iterdir()))
-  rows = report.aggregate(runs, 128)
-  timed = report.rows_by_latency_device(rows, 128)
-  dataset_colors = report.series_colors(report.dataset_label(row.dataset) for row in rows)
-  series_of = report.latency_series(timed, name_datasets=True)
+  runs, _ = load.load_runs(sorted(tmp_path.iterdir()))
+  rows = aggregate.aggregate(runs, 128)
+  timed = plots.rows_by_latency_device(rows, 128)
+  dataset_colors = plots.series_colors(formatting.dataset_label(row.dataset) for row in rows)
+  series_of = plots.latency_series(timed, name_datasets=True)
   assert [series_of(row) for row in timed] == ["Imagenette, EPYC"]
-  assert report.latency_colors(timed, series_of, dataset_colors) == {
+  assert plots.latency_colors(timed, series_of, dataset_colors) == {
       "Imagenette, EPYC": dataset_colors["Imagenette"]}
-  title = report.latency_title(rows, timed, report.default_title(rows))
+  title = build.latency_title(rows, timed, build.default_title(rows))
   assert title == "MobileNet accuracy vs LiteRT fp32 latency (Imagenette)"
-  assert "aadogs" in report.default_title(rows)
-  assert report.main([str(path) for path in sorted(tmp_path.iterdir())]
+  assert "aadogs" in build.default_title(rows)
+  assert command.TOOL.call([str(path) for path in sorted(tmp_path.iterdir())]
                      + ["--out", str(tmp_path / "out")]) == 0
   assert (tmp_path / "out" / "accuracy_vs_latency.png").read_bytes().startswith(PNG_SIGNATURE)
