@@ -147,6 +147,71 @@ def from_keras(keras_model, *, origin: str | None = None) -> tuple[ml_collection
   return config, assemble(config, arrays, origin)
 
 
+# Keras' file names for the released weights: mobilenet_<alpha's text>_<rows>_tf.h5.
+_KERAS_ALPHA_TEXT = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}
+_KERAS_FILE = re.compile(r"mobilenet_(\d_\d)_(\d+)_tf")
+KERAS_ALPHAS, KERAS_RESOLUTIONS = tuple(sorted(_KERAS_ALPHA_TEXT)), (128, 160, 192, 224)
+
+
+def _keras():
+  import keras  # pylint: disable=import-outside-toplevel  (slow; only the importers need it)
+  return keras
+
+
+def _keras_architecture(alpha: float, resolution: int, num_classes: int, weights=None):
+  return _keras().applications.MobileNet(
+      weights=weights, alpha=alpha, input_shape=(resolution, resolution, 3), classes=num_classes,
+      classifier_activation=None)
+
+
+def from_keras_file(path: str, *, alpha: float | None = None, resolution: int | None = None,
+                    num_classes: int = imagenet.NUM_CLASSES) -> tuple[ml_collections.ConfigDict, dict]:
+  """A saved Keras model (.keras, .h5), or a weights file (.weights.h5, or the released
+  mobilenet_1_0_224_tf.h5) for the MobileNet of `alpha` and `resolution` (read from a released
+  file's name when not given)."""
+  if not os.path.isfile(path):
+    raise errors.NotFound(f"no such Keras file: {path}")
+  keras, origin = _keras(), f"keras:{path}"
+  if not path.endswith(".weights.h5"):
+    try:
+      return from_keras(keras.models.load_model(path, compile=False), origin=origin)
+    except (ValueError, TypeError, KeyError, OSError):
+      pass  # a weights-only file: its architecture is built below
+  named = _KERAS_FILE.search(os.path.basename(path))
+  if named and named.group(1) in _KERAS_ALPHA_TEXT.values():
+    alpha = alpha or {text: a for a, text in _KERAS_ALPHA_TEXT.items()}[named.group(1)]
+    resolution = resolution or int(named.group(2))
+  if alpha is None or resolution is None:
+    raise errors.ConfigError(f"{path} holds weights only: give the alpha and resolution of the "
+                             "MobileNet they belong to")
+  net = _keras_architecture(alpha, resolution, num_classes)
+  try:
+    net.load_weights(path)
+  except (ValueError, OSError, KeyError) as error:
+    raise errors.IncompatibleCheckpoint(f"{origin}: does not fit MobileNet alpha={alpha:g} at "
+                                        f"{resolution} px with {num_classes} classes "
+                                        f"({str(error).splitlines()[0]})") from None
+  return from_keras(net, origin=origin)
+
+
+def from_keras_imagenet(alpha: float, resolution: int) -> tuple[ml_collections.ConfigDict, dict]:
+  """Keras' released ImageNet weights (downloaded once into ~/.keras/models, read from there
+  afterwards)."""
+  if alpha not in KERAS_ALPHAS or resolution not in KERAS_RESOLUTIONS:
+    raise errors.ConfigError(f"Keras releases ImageNet weights for alpha in {KERAS_ALPHAS} and "
+                             f"resolution in {KERAS_RESOLUTIONS}; got {alpha:g}, {resolution}")
+  try:
+    net = _keras_architecture(alpha, resolution, imagenet.NUM_CLASSES, weights="imagenet")
+  except Exception as error:  # pylint: disable=broad-except  (keras' download raises Exception)
+    file = f"mobilenet_{_KERAS_ALPHA_TEXT[alpha]}_{resolution}_tf.h5"
+    raise errors.DataSourceUnavailableError(
+        f"could not download Keras' ImageNet weights ({str(error).splitlines()[0][:120]}); on a "
+        f"machine online, `python -c \"import keras; keras.applications.MobileNet(alpha={alpha:g}, "
+        f"input_shape=({resolution}, {resolution}, 3))\"` saves ~/.keras/models/{file}: pass "
+        "that file with --keras_file") from None
+  return from_keras(net, origin=f"keras:imagenet alpha={alpha:g} {resolution}px")
+
+
 # TF-slim's names: MobilenetV1/Conv2d_0, Conv2d_<i>_depthwise, Conv2d_<i>_pointwise (each with
 # BatchNorm/{gamma,beta,moving_mean,moving_variance}), Logits/Conv2d_1c_1x1/{weights,biases}.
 SLIM_SCOPE = "MobilenetV1"
@@ -238,3 +303,56 @@ def save_workdir(config: ml_collections.ConfigDict, variables: dict, workdir: st
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as out:
       out.write(config.to_json_best_effort(indent=2))
+
+
+# What a run started from another's weights must share with it (num_classes may differ: the
+# classifier is then initialised afresh).
+_SHARED_FIELDS = ("model.variant", "model.alpha", "model.activation", "model.bn_epsilon")
+
+
+def check_init_from(config: ml_collections.ConfigDict) -> dict | None:
+  """The saved config of train.init_from's workdir (None when unset), after checking that its
+  model is this config's but for the classifier; before any data is read."""
+  source = config.train.init_from
+  if not source:
+    return None
+  if not os.path.isdir(source):
+    raise errors.ConfigError(f"config.train.init_from: no such workdir: {source}")
+  saved, _ = checkpoints.read_trained_config(source)
+  for field in _SHARED_FIELDS:
+    theirs, ours = checkpoints.lookup(defaults.from_saved(saved), field), checkpoints.lookup(config, field)
+    if theirs != ours:
+      raise errors.ConfigError(f"config.train.init_from: {source} holds a model with "
+                               f"{field}={theirs!r}, but this config has {ours!r}; set "
+                               f"--config.{field}={theirs}")
+  return saved
+
+
+def from_workdir(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+  """The config and evaluated variables ({"params": EMA parameters, "batch_stats"}) of a run's
+  or an import's checkpoint (the latest by default)."""
+  saved, step = checkpoints.read_trained_config(workdir, step)
+  config = defaults.from_saved(saved)
+  evaluation = steps.build_evaluation(config, devices.device_mesh())
+  with checkpoints.Checkpointer(workdir, read_only=True) as checkpointer:
+    variables = checkpointer.restore_part(evaluation.abstract_variables, step)
+  return config, {"params": variables["ema_params"], "batch_stats": variables["batch_stats"]}
+
+
+def start_from(config: ml_collections.ConfigDict, state, replicated) -> tuple[object, str]:
+  """`state` (a fresh TrainState) with train.init_from's parameters and statistics; the
+  classifier stays fresh where the number of classes differs. Also says what it did."""
+  source_config, source = from_workdir(config.train.init_from)
+  params = dict(state.params)
+  taken = {name: value for name, value in source["params"].items()
+           if jax.tree.map(jnp.shape, value) == jax.tree.map(jnp.shape, params[name])}
+  fresh = sorted(set(params) - set(taken))
+  params.update(jax.device_put(taken, replicated))
+  batch_stats = jax.device_put(source["batch_stats"], replicated)
+  note = f"Started from the weights of {config.train.init_from}"
+  if fresh:
+    note += (f" ({', '.join(fresh)} initialised afresh: {source_config.model.num_classes} "
+             f"classes there, {config.model.num_classes} here)")
+  # Separate buffers: the train step donates both.
+  ema_params = jax.tree.map(jnp.copy, params)
+  return state.replace(params=params, ema_params=ema_params, batch_stats=batch_stats), note

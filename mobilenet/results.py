@@ -120,6 +120,7 @@ def evaluation_record(config, step: int, totals: dict, device: str) -> dict:
       "resolution": config.data.resolution, "eval_split": config.data.eval_split,
       "dataset": protocol.dataset_name(config.data),
       "step": int(step), "seed": config.seed, "device": device,
+      **({"init_from": config.train.init_from} if config.train.init_from else {}),
   }
 
 

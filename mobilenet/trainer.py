@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mobilenet import checkpoints, costs, devices, errors, evaluation, metrics, optim, results
+from mobilenet import checkpoints, costs, devices, errors, evaluation, metrics, optim, pretrained
+from mobilenet import results
 from mobilenet import steps as steps_lib
 from mobilenet.input import Dataset, DatasetInfo
 
@@ -249,12 +250,17 @@ class ProfileWindow:
     self._stop()
 
 
-def _start(workdir: str, checkpointer: checkpoints.Checkpointer, training: steps_lib.Training,
-           start_step: int):
+def _start(config, workdir: str, checkpointer: checkpoints.Checkpointer,
+           training: steps_lib.Training, start_step: int):
   """The state to train from and the training time so far (None where a checkpoint from
-  before the time was kept does not say): restored, or initialised."""
+  before the time was kept does not say): restored, or initialised (from train.init_from's
+  weights where it is set)."""
   if not start_step:
-    return training.init(), 0.0
+    state = training.init()
+    if config.train.init_from:
+      state, note = pretrained.start_from(config, state, training.evaluation.replicated)
+      metrics.console(note)
+    return state, 0.0
   checkpointer.check_restorable(training.abstract_state, start_step, "resume this training")
   state = checkpointer.restore(training.abstract_state, start_step)
   metrics.console(f"Resumed from the checkpoint of step {start_step} in {workdir}")
@@ -279,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start_step:  # another run's checkpoint is refused now, before any data is read
       checkpoints.check_same_run(checkpointer.saved_config(start_step),
                                  json.loads(config.to_json_best_effort()), workdir)
+    pretrained.check_init_from(config)
     plan = plan_run(config)
     finished = results.finished_run(workdir, start_step, plan.total_steps)
     if finished is not None:  # nothing to train or evaluate again, nothing to append to the logs
@@ -291,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.warning(warning)
     training = steps_lib.build(config, devices.device_mesh(),
                                steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps)
-    state, train_seconds = _start(workdir, checkpointer, training, start_step)
+    state, train_seconds = _start(config, workdir, checkpointer, training, start_step)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as out:
         out.write(config.to_json_best_effort(indent=2))

@@ -116,3 +116,78 @@ def test_keras_model_without_its_classifier_is_refused():
                                      input_shape=(128, 128, 3))
   with pytest.raises(errors.IncompatibleCheckpoint, match="include_top=False"):
     pretrained.from_keras(net)
+
+
+SYNSETS = ("n01440764", "n02102040", "n03000684")  # ImageNet columns 0, 217, 491
+
+
+def test_synset_folders_map_to_their_imagenet_columns():
+  from mobilenet import imagenet  # pylint: disable=import-outside-toplevel
+  assert list(imagenet.class_columns(SYNSETS, 1000)) == [0, 217, 491]
+  assert list(imagenet.class_columns(SYNSETS, 1001)) == [1, 218, 492]
+  with pytest.raises(errors.ConfigError, match="'ant' is no ImageNet synset"):
+    imagenet.class_columns(("ant",), 1000)
+
+
+def rigged_import(workdir, column: int) -> None:
+  """An imported random 0.25 MobileNet at 32 px whose classifier always says ImageNet class
+  `column`, written as a workdir."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  config, variables = pretrained.from_keras(keras_mobilenet(0.25, 32))
+  classifier = variables["params"]["classifier"]
+  classifier["kernel"] = jnp.zeros_like(classifier["kernel"])
+  classifier["bias"] = jnp.zeros_like(classifier["bias"]).at[column].set(10.0)
+  pretrained.save_workdir(config, variables, str(workdir))
+
+
+def test_imported_imagenet_model_evaluates_on_a_synset_folder_through_its_classes(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from tests.conftest import run_script, write_image_folder  # pylint: disable=import-outside-toplevel
+  folder = write_image_folder(tmp_path / "synsets", classes=SYNSETS, val_per_class=2)
+  workdir = tmp_path / "imported"
+  rigged_import(workdir, column=217)  # SYNSETS[1]
+  run_script("eval.py", f"--workdir={workdir}", f"--config.data.folder={folder}",
+             "--config.train.inference_benchmark_s=0.1")
+  record = json.loads((workdir / "eval_results.json").read_text())
+  assert record["top1"] == pytest.approx(1 / 3)  # every image is called SYNSETS[1]
+  assert record["scored_on_classes"] == "3 of the model's 1000"
+  assert record["init_from"] == "keras:mobilenet_0.25_32"
+
+
+def test_fine_tuning_from_an_import_trains_a_new_classifier_and_records_its_source(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from tests.conftest import run_script, train_flags, write_image_folder  # pylint: disable=import-outside-toplevel
+  folder = write_image_folder(tmp_path / "images")
+  source = tmp_path / "imported"
+  rigged_import(source, column=0)
+  workdir = tmp_path / "tuned"
+  result = run_script("train.py", *train_flags(folder, workdir, epochs=1),
+                      "--config.model.activation=relu6", f"--config.train.init_from={source}")
+  assert "classifier initialised afresh: 1000 classes there, 3 here" in result.stdout
+  record = json.loads((workdir / "eval_results.json").read_text())
+  assert record["init_from"] == str(source)
+
+
+def test_fine_tuning_from_another_activation_is_refused_naming_the_field(tmp_path):
+  from configs import dws  # pylint: disable=import-outside-toplevel
+  source = tmp_path / "imported"
+  rigged_import(source, column=0)
+  config = dws.get_config("alpha=0.25,resolution=32")
+  config.train.init_from = str(source)
+  with pytest.raises(errors.ConfigError, match=r"model.activation='relu6', but this config has "
+                                               r"'relu'; set --config.model.activation=relu6"):
+    pretrained.check_init_from(config)
+
+
+def test_import_command_writes_a_workdir_from_a_keras_weights_file(tmp_path):
+  from tests.conftest import run_script  # pylint: disable=import-outside-toplevel
+  net = keras_mobilenet(0.5, 64)
+  path = tmp_path / "mobilenet.weights.h5"
+  net.save_weights(path)
+  workdir = tmp_path / "imported"
+  result = run_script("-m", "tools.import_weights", f"--workdir={workdir}",
+                      f"--keras_file={path}", "--alpha=0.5", "--resolution=64")
+  assert "MobileNet alpha=0.5 at 64 px, 1000 classes" in result.stdout
+  config, variables = pretrained.from_workdir(str(workdir))
+  x = images(64)
+  assert relative_error(our_logits(config, variables, x), np.asarray(net(x, training=False))) < 1e-5
