@@ -205,7 +205,7 @@ def from_keras_imagenet(alpha: float, resolution: int) -> tuple[ml_collections.C
   except Exception as error:  # pylint: disable=broad-except  (keras' download raises Exception)
     file = f"mobilenet_{_KERAS_ALPHA_TEXT[alpha]}_{resolution}_tf.h5"
     raise errors.DataSourceUnavailableError(
-        f"could not download Keras' ImageNet weights ({str(error).splitlines()[0][:120]}); on a "
+        f"could not download Keras' ImageNet weights (offline? {str(error).splitlines()[0]}); on a "
         f"machine online, `python -c \"import keras; keras.applications.MobileNet(alpha={alpha:g}, "
         f"input_shape=({resolution}, {resolution}, 3))\"` saves ~/.keras/models/{file}: pass "
         "that file with --keras_file") from None
