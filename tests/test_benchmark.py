@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mobilenet import allocator, devices, model, ops, optim, steps
-from tools import benchmark, lanes
+from tools import lanes
+from tools.benchmark import lanes_comparison, measure, models, op_timings
 from configs import dws
 from conftest import unpinned
 
@@ -19,12 +20,12 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tiny_config():
   config = dws.get_config("alpha=0.25")
-  return benchmark.benchmark_config(config, batch=2, resolution=32)
+  return models.benchmark_config(config, batch=2, resolution=32)
 
 
 def test_every_concrete_depthwise_implementation_gets_a_row():
-  assert benchmark.depthwise_impls() == tuple(i for i in ops.DEPTHWISE_IMPLS if i != "auto")
-  assert "shifted" in benchmark.depthwise_impls() and "grouped" in benchmark.depthwise_impls()
+  assert op_timings.depthwise_impls() == tuple(i for i in ops.DEPTHWISE_IMPLS if i != "auto")
+  assert "shifted" in op_timings.depthwise_impls() and "grouped" in op_timings.depthwise_impls()
 
 
 def test_the_jax_step_is_the_trainers_built_by_the_same_function(monkeypatch):
@@ -44,7 +45,7 @@ def test_the_jax_step_is_the_trainers_built_by_the_same_function(monkeypatch):
   for module, name in ((steps, "build"), (optim, "learning_rate_schedule"),
                        (optim, "create_optimizer")):
     spy(module, name)
-  jax_model = benchmark.JaxModel(_tiny_config(), "dws")
+  jax_model = models.JaxModel(_tiny_config(), "dws")
   assert called == ["build", "learning_rate_schedule", "create_optimizer"]
   jax_model.train()
   jax_model.train()
@@ -56,7 +57,7 @@ def test_the_jax_step_is_the_trainers_built_by_the_same_function(monkeypatch):
 def test_the_torch_twin_decays_the_kernels_our_mask_decays():
   torch = pytest.importorskip("torch")
   config = _tiny_config()
-  twin = benchmark.TorchModel(config, "dws", threads=1)
+  twin = models.TorchModel(config, "dws", threads=1)
   decayed, spared = twin.optimizer.param_groups
   assert decayed["weight_decay"] == config.optimizer.weight_decay and spared["weight_decay"] == 0
   assert decayed["nesterov"] and decayed["momentum"] == config.optimizer.momentum
@@ -99,14 +100,14 @@ def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
 
 def test_each_listed_standard_impl_times_a_step_built_with_it_once(monkeypatch):
   built = []
-  real_init = benchmark.JaxModel.__init__
+  real_init = models.JaxModel.__init__
 
   def recording_init(self, config, variant):
     built.append((variant, config.model.standard_impl))
     real_init(self, config, variant)
 
-  monkeypatch.setattr(benchmark.JaxModel, "__init__", recording_init)
-  results = benchmark.measure(_tiny_config(), ["dws"], steps=1, rounds=1, warmup=0,
+  monkeypatch.setattr(models.JaxModel, "__init__", recording_init)
+  results = measure.measure(_tiny_config(), ["dws"], steps=1, rounds=1, warmup=0,
                               with_torch=False, threads=1,
                               standard_impls=("conv", "matmul_grad"))
   # auto resolves to matmul_grad on a CPU: that entry reuses the config's own step.
@@ -140,7 +141,7 @@ def test_lanes_compare_one_run_on_every_core_with_pinned_copies_at_once(monkeypa
     return [{"train_images_per_s": 70.0 if len(commands) == 1 else 40.0 + index}
             for index in range(len(commands))]
 
-  report = benchmark.compare_lanes(["python", "-m", "tools.benchmark", "--json"], 2,
+  report = lanes_comparison.compare_lanes(["python", "-m", "tools.benchmark", "--json"], 2,
                                    run_children)
   assert batches == [[(["python", "-m", "tools.benchmark", "--json"], None)],
                      [(["python", "-m", "tools.benchmark", "--json"], (0, 1)),
@@ -150,5 +151,5 @@ def test_lanes_compare_one_run_on_every_core_with_pinned_copies_at_once(monkeypa
 
 
 def test_the_lane_copies_get_this_commands_flags_but_lanes_and_json():
-  assert benchmark._child_flags(["--lanes", "2", "--batch=64", "--json", "--lanes=3",
+  assert lanes_comparison.child_flags(["--lanes", "2", "--batch=64", "--json", "--lanes=3",
                                  "--resolution", "128"]) == ["--batch=64", "--resolution", "128"]

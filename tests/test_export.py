@@ -11,7 +11,7 @@ import pytest
 
 from configs import base
 from mobilenet import model, trainer
-from tools import export
+from tools.export import ExportError, conversion, latency_table, timing
 from tests.conftest import PROJECT_ROOT, write_image_folder
 
 RESOLUTION = 32
@@ -91,9 +91,9 @@ def test_the_shifted_depthwise_export_is_refused_in_one_line():
   """The CPU training impl computes the same function as a graph XNNPACK splits up."""
   net = _model(depthwise_impl="shifted", pointwise_impl="conv", standard_impl="conv")
   variables = net.init(jax.random.key(0), jnp.zeros((1, RESOLUTION, RESOLUTION, 3)))
-  content = export.convert(export.inference_fn(net, variables), RESOLUTION)
-  with pytest.raises(export.ExportError, match="delegate partitions, not one") as error:
-    export.check_graph(content, "shifted.tflite")
+  content = conversion.convert(conversion.inference_fn(net, variables), RESOLUTION)
+  with pytest.raises(ExportError, match="delegate partitions, not one") as error:
+    conversion.check_graph(content, "shifted.tflite")
   assert "\n" not in str(error.value) and str(error.value).startswith("shifted.tflite: ")
 
 
@@ -106,8 +106,8 @@ def test_a_non_builtin_op_is_refused_before_any_interpreter_loads_it():
 
   converter = tf.lite.TFLiteConverter.from_concrete_functions([flex.get_concrete_function()], flex)
   converter.allow_custom_ops = True  # what a graph with a Flex or custom op comes out as
-  with pytest.raises(export.ExportError, match=r"1 non-builtin op\(s\) \(Igamma\)"):
-    export.check_graph(converter.convert(), "flex.tflite")
+  with pytest.raises(ExportError, match=r"1 non-builtin op\(s\) \(Igamma\)"):
+    conversion.check_graph(converter.convert(), "flex.tflite")
 
 
 def test_the_command_names_a_missing_workdir_in_one_line(tmp_path):
@@ -120,18 +120,18 @@ def test_the_command_names_a_missing_workdir_in_one_line(tmp_path):
 
 
 def test_latency_summary_has_median_quartiles_and_extremes():
-  summary = export.latency_summary([5.0, 1.0, 3.0, 2.0, 4.0])
+  summary = timing.latency_summary([5.0, 1.0, 3.0, 2.0, 4.0])
   assert (summary["median_ms"], summary["min_ms"], summary["max_ms"], summary["runs"]) == (
       3.0, 1.0, 5.0, 5)
   assert summary["q1_ms"] <= summary["median_ms"] <= summary["q3_ms"]
 
 
 def test_int8_runner_quantizes_with_the_models_own_parameters():
-  net = _model(**export.EXPORT_IMPLS)
+  net = _model(**conversion.EXPORT_IMPLS)
   variables = net.init(jax.random.key(0), jnp.zeros((1, RESOLUTION, RESOLUTION, 3)))
-  content = export.convert(export.inference_fn(net, variables), RESOLUTION,
-                           calibration_images=export.random_images(RESOLUTION, 4))
-  runner = export.Runner(content)
+  content = conversion.convert(conversion.inference_fn(net, variables), RESOLUTION,
+                           calibration_images=latency_table.random_images(RESOLUTION, 4))
+  runner = timing.Runner(content)
   assert runner.input["dtype"] == np.int8
   scale, zero_point = runner.input["quantization"]
   quantized = runner.quantize(np.array([-1.0, 0.0, 1.0], np.float32))
@@ -139,17 +139,17 @@ def test_int8_runner_quantizes_with_the_models_own_parameters():
 
 
 def test_latency_table_markdown_names_models_as_the_paper_and_derives_its_ratios():
-  timing = lambda median: {"1": {"median_ms": median, "min_ms": median / 2, "max_ms": median * 2}}
+  latencies = lambda median: {"1": {"median_ms": median, "min_ms": median / 2, "max_ms": median * 2}}
   entries = [dict(tables="4, 6, 7", variant="dws", alpha=1.0, resolution=224, mult_adds=568_740_352,
-                  latency={"fp32": timing(12.0), "int8": timing(4.0)}),
+                  latency={"fp32": latencies(12.0), "int8": latencies(4.0)}),
              dict(tables="5, 6", variant="dws", alpha=0.75, resolution=224, mult_adds=325_400_448,
-                  latency={"fp32": timing(7.0), "int8": timing(3.5)}),
+                  latency={"fp32": latencies(7.0), "int8": latencies(3.5)}),
              dict(tables="4", variant="conv", alpha=1.0, resolution=128, mult_adds=1_589_000_000,
-                  latency={"fp32": timing(35.0), "int8": timing(7.0)})]
+                  latency={"fp32": latencies(35.0), "int8": latencies(7.0)})]
   table = dict(device="cpu: test", runtime="LiteRT", weights="untrained", rounds=5,
                round_s_per_model=1.0, load_average={"before": [0.5], "after_round_5": [0.7]},
                threads=[1], models=entries)
-  rows = [line for line in export.format_latency_markdown(table).splitlines()
+  rows = [line for line in latency_table.format_latency_markdown(table).splitlines()
           if line.startswith("| ") and "Model" not in line]
   assert [row.split(" | ")[0] for row in rows] == [
       "| 1.0 MobileNet-224", "| 0.75 MobileNet-224", "| Conv MobileNet-128"]
