@@ -66,7 +66,8 @@ SEARCH_FACTORS = {
 # ImageNet rows of Howard et al. (2017), keyed by (variant, alpha, resolution).
 PAPER_IMAGENET = {
     ("dws", 1.0, 224): {"name": "1.0 MobileNet-224", "top1_percent": 70.6,
-                        "million_mult_adds": 569, "million_params": 4.2, "tables": "Tables 4, 6, 7"},
+                        "million_mult_adds": 569, "million_params": 4.2,
+                        "tables": "Tables 4, 6, 7"},
     ("conv", 1.0, 224): {"name": "Conv MobileNet", "top1_percent": 71.7,
                          "million_mult_adds": 4866, "million_params": 29.3, "tables": "Table 4"},
     ("dws", 0.75, 224): {"name": "0.75 MobileNet-224", "top1_percent": 68.4,

@@ -136,7 +136,8 @@ def test_the_pin_command_refuses_cores_it_cannot_parse_in_one_line():
   result = subprocess.run([sys.executable, "-m", "tools.lanes", "--cpus=x", "--", "true"],
                           capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert result.returncode == 2 and "--cpus=x" in result.stderr
+  assert result.returncode == 1 and "--cpus=x" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_pinned_run_names_the_cores_it_may_use_and_the_machines(monkeypatch):

@@ -1,7 +1,6 @@
 """The PyTorch twin trains what train.py trains: the same function, learning rates, decayed
 kernels and optimizer updates; its runs resume exactly; compare writes the parity record.
 Skipped where PyTorch (an optional, benchmark-only dependency) is not installed."""
-import contextlib
 import json
 import pathlib
 import signal
@@ -170,16 +169,8 @@ def _send_sigterm():
   signal.raise_signal(signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def _after_step(step: int, action):
-  def hook(done):
-    if done == step:
-      action()
-  previous, trainer.HOOKS.step_done = trainer.HOOKS.step_done, hook
-  try:
-    yield
-  finally:
-    trainer.HOOKS.step_done = previous
+def _after_step(step: int, action) -> trainer.Hooks:
+  return trainer.Hooks(step_done=lambda done: action() if done == step else None)
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +184,7 @@ def tiny_runs(tmp_path_factory):
   whole.mkdir()
   parity.train_and_evaluate(config, str(whole))
   with pytest.raises(Killed):
-    with _after_step(3, _kill):
-      parity.train_and_evaluate(config, str(resumed))
+    parity.train_and_evaluate(config, str(resumed), _after_step(3, _kill))
   assert torch.load(parity.checkpoint_path(str(resumed)), weights_only=True)["step"] == 2
   parity.train_and_evaluate(config, str(resumed))
   return folder, whole, resumed
@@ -236,8 +226,8 @@ def test_a_sigterm_saves_the_step_it_arrived_at_and_the_run_resumes_to_the_unint
     tiny_runs, tmp_path):
   folder, whole, _ = tiny_runs
   preempted = tmp_path / "preempted"
-  with _after_step(3, _send_sigterm):
-    assert parity.train_and_evaluate(_config(folder), str(preempted)) == {"preempted_at": 3}
+  assert parity.train_and_evaluate(_config(folder), str(preempted),
+                                   _after_step(3, _send_sigterm)) == {"preempted_at": 3}
   assert torch.load(parity.checkpoint_path(str(preempted)), weights_only=True)["step"] == 3
   assert not (preempted / "eval_results.json").exists()
   parity.train_and_evaluate(_config(folder), str(preempted))
@@ -252,7 +242,7 @@ def test_compare_writes_the_parity_record_and_plot(tiny_runs, tmp_path, capsys):
   committed_runs = PROJECT_ROOT / "results" / "untuned_10_epochs" / "runs"
   jax_runs = [str(committed_runs / f"dws_a1_r128_s{seed}") for seed in (0, 1)]
   out = tmp_path / "parity"
-  assert parity.compare_main(["--jax", *jax_runs, "--torch", str(whole), str(resumed),
+  assert parity.TOOL.call(["compare", "--jax", *jax_runs, "--torch", str(whole), str(resumed),
                               "--out", str(out)]) == 0
   record = json.loads((out / "parity.json").read_text())
   committed = [json.loads(pathlib.Path(run, "eval_results.json").read_text())["top1"]
@@ -271,6 +261,6 @@ def test_compare_writes_the_parity_record_and_plot(tiny_runs, tmp_path, capsys):
   assert (out / "parity.png").stat().st_size > 0
   assert "recipe" in capsys.readouterr().err  # the differing recipes are said, not hidden
   # A run given as the wrong framework is refused in one line naming it.
-  assert parity.compare_main(["--jax", str(whole), "--torch", str(resumed),
+  assert parity.TOOL.call(["compare", "--jax", str(whole), "--torch", str(resumed),
                               "--out", str(out)]) == 1
   assert f"{whole}: a torch run, given as --jax" in capsys.readouterr().err

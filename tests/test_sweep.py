@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from tools import lanes
-from tools import sweep
+from tools import lanes, runs, sweep
 
 from conftest import unpinned
 
@@ -16,13 +15,13 @@ TABLE5 = sweep.TABLES["table5"]
 TABLE5_DWS, TABLE5_SHALLOW = TABLE5[:2]
 # What the sweep asks of every run today, from the configs: the tests follow a retuned protocol.
 PROTOCOL_EPOCHS = sweep.default_epochs("dws")
-PROTOCOL_MIN_AREA = sweep.requested_config(TABLE5_SHALLOW.config, [])["data"]["min_area"]
+PROTOCOL_MIN_AREA = runs.requested_config(TABLE5_SHALLOW.config, [])["data"]["min_area"]
 
 
 @pytest.fixture
 def folders(tmp_path, monkeypatch) -> pathlib.Path:
-  monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
-  monkeypatch.setattr(sweep, "RUNS", tmp_path / "runs")
+  monkeypatch.setattr(runs, "RESULTS", tmp_path / "results")
+  monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
   return tmp_path
 
 
@@ -53,7 +52,7 @@ def _metrics(row: sweep.Row, epochs: float) -> str:
 
 def _write_run(folder: pathlib.Path, row: sweep.Row, *, finished=True, **changes) -> None:
   """A run of `row` as train.py leaves it, its config changed at dotted fields."""
-  config = sweep.requested_config(row.config, [])
+  config = runs.requested_config(row.config, [])
   for field, value in changes.items():
     section, name = field.split("__")
     config[section][name] = value
@@ -110,7 +109,7 @@ class FakeTrain:
 
 def test_dry_run_lists_rows_as_done_missing_or_stale_with_the_field(folders, capsys):
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS, train__num_epochs=3.0)
-  assert sweep.main(["table5", "--dry-run"]) == 0
+  assert sweep.TOOL.call(["table5", "--dry-run"]) == 0
   out = capsys.readouterr().out
   assert f"{TABLE5_DWS.name:<24} stale" in out
   assert f"{TABLE5_SHALLOW.name:<24} missing" in out
@@ -123,7 +122,7 @@ def test_a_result_made_with_another_protocol_stops_the_sweep_before_any_training
              optimizer__learning_rate=0.1, train__num_epochs=3.0)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5"]) == 1
+  assert sweep.TOOL.call(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   assert error.startswith(f"error: {folders / 'results' / 'runs' / TABLE5_DWS.name} was trained "
                           f"with train.num_epochs=3.0, the sweep now asks for {PROTOCOL_EPOCHS} "
@@ -137,7 +136,7 @@ def test_an_unfinished_run_started_with_other_settings_is_refused(folders, capsy
   _write_run(folders / "runs" / TABLE5_SHALLOW.name, TABLE5_SHALLOW, finished=False,
              data__min_area=0.08)
   monkeypatch.setattr(subprocess, "run", FakeTrain())
-  assert sweep.main(["table5"]) == 1
+  assert sweep.TOOL.call(["table5"]) == 1
   assert (f"holds a run started with data.min_area=0.08, the sweep now asks for "
           f"{PROTOCOL_MIN_AREA}; delete it") in capsys.readouterr().err
 
@@ -146,37 +145,37 @@ def test_paths_logging_and_implementation_choices_do_not_make_a_result_stale(fol
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS,
              data__folder="/elsewhere", train__log_every_steps=7, model__depthwise_impl="grouped",
              train__eval_batch_size=32)
-  assert sweep.stale_reason(TABLE5_DWS, sweep.RUNS,
-                           sweep.requested_config(TABLE5_DWS.config, [])) is None
+  assert sweep.stale_reason(TABLE5_DWS, runs.RUNS,
+                           runs.requested_config(TABLE5_DWS.config, [])) is None
 
 
 def test_flags_after_double_dash_reach_train_and_count_in_the_staleness_check(folders):
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS, train__num_epochs=3.0)
-  shorter = sweep.requested_config(TABLE5_DWS.config, ["--config.train.num_epochs=3"])
-  assert sweep.stale_reason(TABLE5_DWS, sweep.RUNS, shorter) is None
+  shorter = runs.requested_config(TABLE5_DWS.config, ["--config.train.num_epochs=3"])
+  assert sweep.stale_reason(TABLE5_DWS, runs.RUNS, shorter) is None
   assert "train.num_epochs=3.0" in sweep.stale_reason(
-      TABLE5_DWS, sweep.RUNS, sweep.requested_config(TABLE5_DWS.config, []))
+      TABLE5_DWS, runs.RUNS, runs.requested_config(TABLE5_DWS.config, []))
 
 
 def test_missing_rows_train_then_results_and_table_are_written(folders, monkeypatch):
   monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5", "--", "--config.train.log_every_steps=5"]) == 0
+  assert sweep.TOOL.call(["table5", "--", "--config.train.log_every_steps=5"]) == 0
   assert [command[-1] for command, _ in fake.train_calls] == (
       ["--config.train.log_every_steps=5"] * len(TABLE5))
   # train.py picks its allocator itself (mobilenet.allocator): no glibc settings from the sweep.
   assert all("GLIBC_TUNABLES" not in env for _, env in fake.calls)
   for row in TABLE5:
     kept = sorted(path.name for path in (folders / "results" / "runs" / row.name).iterdir())
-    assert kept == sorted(sweep.KEPT_FILES)
+    assert kept == sorted(runs.KEPT_FILES)
   table = (folders / "results" / "table5" / "results.md").read_text()
   assert table.startswith("# Table 5 of the paper, on Imagenette")
   assert "Shallow MobileNet" in table
   assert "Not finished yet" not in table
 
   fake.calls.clear()
-  assert sweep.main(["table5"]) == 0  # nothing missing: nothing trained
+  assert sweep.TOOL.call(["table5"]) == 0  # nothing missing: nothing trained
   assert not fake.calls
 
 
@@ -184,7 +183,7 @@ def test_a_glibc_tunables_setting_of_the_user_is_kept(folders, monkeypatch):
   monkeypatch.setenv("GLIBC_TUNABLES", "")
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5"]) == 0
+  assert sweep.TOOL.call(["table5"]) == 0
   # Both commands of every row, train.py and the export, get the user's environment.
   assert [env["GLIBC_TUNABLES"] for _, env in fake.calls] == [""] * 2 * len(TABLE5)
 
@@ -196,14 +195,14 @@ def test_a_glibc_tunables_setting_of_the_user_is_kept(folders, monkeypatch):
                                        "convert string to float: 'many'"),
 ])
 def test_a_bad_flag_after_double_dash_is_one_line_naming_it(folders, capsys, flag, message):
-  assert sweep.main(["table5", "--dry-run", "--", flag]) == 2
+  assert sweep.TOOL.call(["table5", "--dry-run", "--", flag]) == 1
   assert capsys.readouterr().err.strip() == message
 
 
 def test_an_unreadable_result_config_is_one_line_naming_the_file(folders, capsys):
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS)
   (folders / "results" / "runs" / TABLE5_DWS.name / "config.json").write_text("{not json")
-  assert sweep.main(["table5"]) == 2
+  assert sweep.TOOL.call(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   assert error.startswith(f"error: {folders / 'results' / 'runs' / TABLE5_DWS.name / 'config.json'}"
                           " is not valid JSON")
@@ -213,7 +212,7 @@ def test_an_unreadable_result_config_is_one_line_naming_the_file(folders, capsys
 def test_every_trained_row_is_exported_with_int8_right_after_its_training(folders, monkeypatch):
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5"]) == 0
+  assert sweep.TOOL.call(["table5"]) == 0
   expected = []
   for row in TABLE5:
     expected += [[sys.executable, "train.py", f"--config={row.config}",
@@ -225,7 +224,7 @@ def test_every_trained_row_is_exported_with_int8_right_after_its_training(folder
 
 def test_kept_results_carry_the_export_figures_and_the_table_its_columns(folders, monkeypatch):
   monkeypatch.setattr(subprocess, "run", FakeTrain())
-  assert sweep.main(["table5"]) == 0
+  assert sweep.TOOL.call(["table5"]) == 0
   for row in TABLE5:
     kept = json.loads((folders / "results" / "runs" / row.name / "eval_results.json").read_text())
     assert kept["litert_fp32_ms"] == 5.0 and kept["litert_int8_top1"] == 0.69
@@ -237,7 +236,7 @@ def test_a_failed_export_stops_the_sweep_in_one_line_with_the_command(
     folders, capsys, monkeypatch):
   fake = FakeTrain(export_fails=True)
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5"]) == 1
+  assert sweep.TOOL.call(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   first = TABLE5[0]
   command = f"{sys.executable} -m tools.export --workdir={folders / 'runs' / first.name} --int8"
@@ -250,7 +249,7 @@ def test_a_failed_export_stops_the_sweep_in_one_line_with_the_command(
 
 def test_an_export_that_merges_no_figures_stops_the_sweep(folders, capsys, monkeypatch):
   monkeypatch.setattr(subprocess, "run", FakeTrain(export_merges=False))
-  assert sweep.main(["table5"]) == 1
+  assert sweep.TOOL.call(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   assert "\n" not in error and "tools.export" in error
   assert "lacks litert_fp32_ms, litert_int8_ms, litert_int8_top1" in error
@@ -266,7 +265,7 @@ def test_a_failed_training_names_its_command_and_skips_the_export(folders, capsy
     raise subprocess.CalledProcessError(3, command)
 
   monkeypatch.setattr(subprocess, "run", failing_train)
-  assert sweep.main(["table5"]) == 1
+  assert sweep.TOOL.call(["table5"]) == 1
   error = capsys.readouterr().err.strip()
   assert error.startswith(f"error: {TABLE5[0].name} failed (exit 3): `{sys.executable} train.py")
   assert error.endswith("rerun to resume it")
@@ -278,7 +277,7 @@ def test_two_lanes_train_and_export_every_row_each_on_its_own_core_logging_besid
   monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5", "--lanes", "2"]) == 0
+  assert sweep.TOOL.call(["table5", "--lanes", "2"]) == 0
   assert sorted(next(arg for arg in command if arg.startswith("--config="))
                 for command, _ in fake.train_calls) == sorted(f"--config={row.config}"
                                                               for row in TABLE5)
@@ -289,7 +288,7 @@ def test_two_lanes_train_and_export_every_row_each_on_its_own_core_logging_besid
   for row in TABLE5:
     assert sweep.finished(row)
     trained_on = [cores for (command, _), cores in zip(fake.calls, fake.cores)
-                  if f"--workdir={sweep.RUNS / row.name}" in command]
+                  if f"--workdir={runs.RUNS / row.name}" in command]
     assert len(trained_on) == 2 and len(set(trained_on)) == 1  # exported on its own core
 
 
@@ -301,7 +300,7 @@ def test_a_failure_in_a_lane_names_the_row_and_its_console(folders, capsys, monk
     raise subprocess.CalledProcessError(3, command)
 
   monkeypatch.setattr(subprocess, "run", failing_train)
-  assert sweep.main(["table5", "--lanes", "2"]) == 1
+  assert sweep.TOOL.call(["table5", "--lanes", "2"]) == 1
   error = capsys.readouterr().err.strip()
   assert "\n" not in error and error.startswith("error: ") and "failed (exit 3)" in error
   assert f"`{sys.executable} train.py" in error  # the command as given, not its pinning
@@ -314,7 +313,7 @@ def test_the_runs_flag_puts_every_workdir_there_for_training_and_export(folders,
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
   elsewhere = folders / "elsewhere"
-  assert sweep.main(["table5", "--runs", str(elsewhere)]) == 0
+  assert sweep.TOOL.call(["table5", "--runs", str(elsewhere)]) == 0
   workdirs = {arg for command, _ in fake.calls for arg in command if arg.startswith("--workdir=")}
   assert workdirs == {f"--workdir={elsewhere / row.name}" for row in TABLE5}
   assert len(fake.export_calls) == len(TABLE5)
@@ -328,7 +327,7 @@ def test_unfinished_runs_are_checked_for_staleness_where_the_runs_flag_says(fold
              data__min_area=0.08)
   # The default folder's stale run of another row is not looked at.
   _write_run(folders / "runs" / TABLE5_DWS.name, TABLE5_DWS, finished=False, data__min_area=0.3)
-  assert sweep.main(["table5", "--dry-run", "--runs", str(elsewhere)]) == 0
+  assert sweep.TOOL.call(["table5", "--dry-run", "--runs", str(elsewhere)]) == 0
   out = capsys.readouterr().out
   assert f"{TABLE5_SHALLOW.name:<24} stale" in out
   assert f"{TABLE5_DWS.name:<24} missing" in out
@@ -340,7 +339,7 @@ def test_a_relative_runs_folder_is_taken_from_where_the_sweep_is_started(folders
   monkeypatch.chdir(folders)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5", "--runs", "relative/runs"]) == 0
+  assert sweep.TOOL.call(["table5", "--runs", "relative/runs"]) == 0
   first_workdir = next(arg for arg in fake.calls[0][0] if arg.startswith("--workdir="))
   assert first_workdir == f"--workdir={folders.resolve() / 'relative' / 'runs' / TABLE5[0].name}"
 
@@ -360,12 +359,12 @@ STUDY_ROWS = [sweep.schedule_row(variant, epochs, seed)
 
 
 def test_schedule_rows_are_named_and_configured_with_their_epochs_shortest_first(folders, capsys):
-  assert sweep.main(STUDY_ARGS + ["--dry-run"]) == 0
+  assert sweep.TOOL.call(STUDY_ARGS + ["--dry-run"]) == 0
   names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
   assert names == ["dws_a1_r128_e5_s0", "dws_a1_r128_e5_s1", "conv_a1_r128_e5_s0",
                    "conv_a1_r128_e5_s1", "dws_a1_r128_e15_s0", "dws_a1_r128_e15_s1",
                    "conv_a1_r128_e15_s0", "conv_a1_r128_e15_s1"]
-  config = sweep.requested_config(sweep.schedule_row("conv", 15, 1).config, [])
+  config = runs.requested_config(sweep.schedule_row("conv", 15, 1).config, [])
   assert (config["train"]["num_epochs"], config["model"]["variant"], config["seed"]) == (
       15.0, "conv", 1)
 
@@ -376,13 +375,13 @@ def test_the_study_takes_0_75_mobilenet_by_its_row_name_and_finds_its_table_rows
   table row (named without an epoch count) is found as the study's point."""
   table_row = sweep.Row("dws", 0.75, seed=1)
   _write_run(folders / "results" / "runs" / table_row.name, table_row)
-  assert sweep.main(["schedule", "--epochs", "40", "--variants", "dws_a0.75", "--dry-run"]) == 0
+  assert sweep.TOOL.call(["schedule", "--epochs", "40", "--variants", "dws_a0.75", "--dry-run"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].split() == ["dws_a0.75_r128_e40_s0", "missing"]
   assert lines[1].split()[:2] == ["dws_a0.75_r128_s1", "done"]
-  config = sweep.requested_config(sweep.schedule_row("dws", 40, 0, 0.75).config, [])
+  config = runs.requested_config(sweep.schedule_row("dws", 40, 0, 0.75).config, [])
   assert (config["model"]["alpha"], config["train"]["num_epochs"]) == (0.75, 40.0)
-  assert sweep.main(["schedule", "--epochs", "40", "--variants", "dws_a0.5"]) == 2
+  assert sweep.TOOL.call(["schedule", "--epochs", "40", "--variants", "dws_a0.5"]) == 1
   assert "--variants: 'dws_a0.5' is not one of dws, shallow, conv, dws_a0.75" in (
       capsys.readouterr().err)
 
@@ -390,7 +389,7 @@ def test_the_study_takes_0_75_mobilenet_by_its_row_name_and_finds_its_table_rows
 def test_a_schedule_result_trained_for_other_epochs_is_stale_naming_the_field(folders, capsys):
   row = sweep.schedule_row("dws", 15, 0)
   _write_run(folders / "results" / "runs" / row.name, row, train__num_epochs=10.0)
-  assert sweep.main(["schedule", "--epochs", "15", "--variants", "dws", "--dry-run"]) == 0
+  assert sweep.TOOL.call(["schedule", "--epochs", "15", "--variants", "dws", "--dry-run"]) == 0
   out = capsys.readouterr().out
   assert f"{row.name:<24} stale" in out
   assert "train.num_epochs=10.0, the sweep now asks for 15.0" in out
@@ -400,7 +399,7 @@ def test_schedule_trains_the_missing_rows_then_writes_its_table_json_and_plot(
     folders, monkeypatch):
   fake = FakeTrain(rows=STUDY_ROWS)
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(STUDY_ARGS + ["--", "--config.train.log_every_steps=5"]) == 0
+  assert sweep.TOOL.call(STUDY_ARGS + ["--", "--config.train.log_every_steps=5"]) == 0
   assert [command[2:] for command, _ in fake.train_calls] == [
       [f"--config={row.config}", f"--workdir={folders / 'runs' / row.name}",
        "--config.train.log_every_steps=5"] for row in STUDY_ROWS]
@@ -428,7 +427,7 @@ def test_a_schedule_row_at_the_configs_own_epoch_count_is_the_table_row_and_serv
   _write_run(folders / "results" / "runs" / "dws_a1_r128_s1", table_run)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["schedule", "--epochs", f"{PROTOCOL_EPOCHS:g}", "--variants", "dws",
+  assert sweep.TOOL.call(["schedule", "--epochs", f"{PROTOCOL_EPOCHS:g}", "--variants", "dws",
                      "--seeds", "1"]) == 0
   assert not fake.calls
   document = json.loads((folders / "results" / "schedule" / "schedule.json").read_text())
@@ -446,7 +445,7 @@ def test_the_schedule_report_shows_study_runs_of_earlier_commands_but_not_stale_
   _write_run(folders / "results" / "runs" / narrow.name, narrow)
   asked = sweep.schedule_row("dws", 5, 0)
   monkeypatch.setattr(subprocess, "run", FakeTrain(rows=[asked]))
-  assert sweep.main(["schedule", "--epochs", "5", "--variants", "dws"]) == 0
+  assert sweep.TOOL.call(["schedule", "--epochs", "5", "--variants", "dws"]) == 0
   captured = capsys.readouterr()
   assert f"{longer.name:<24} done (found)" in captured.out
   assert f"{older.name:<24} stale, left out of the report (found)" in captured.out
@@ -471,7 +470,7 @@ def test_the_schedule_report_shows_study_runs_of_earlier_commands_but_not_stale_
      "counts to --epochs"),
 ])
 def test_a_bad_schedule_flag_is_one_line_naming_it(folders, capsys, argv, message):
-  assert sweep.main(argv) == 2
+  assert sweep.TOOL.call(argv) == 1
   captured = capsys.readouterr()
   assert captured.err == f"error: {message}\n"
   assert not captured.out  # nothing listed, nothing trained
@@ -489,7 +488,7 @@ def test_combined_reports_every_finished_table_row_beside_the_paper_and_trains_n
     _write_run(folders / "results" / "runs" / row.name, row)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["combined"]) == 0
+  assert sweep.TOOL.call(["combined"]) == 0
   assert not fake.calls
   out = folders / "results" / "combined"
   markdown = (out / "results.md").read_text()
@@ -506,7 +505,7 @@ def test_a_report_of_part_of_a_table_names_the_runs_it_still_waits_for(folders, 
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["table5", "--report-only"]) == 0
+  assert sweep.TOOL.call(["table5", "--report-only"]) == 0
   assert not fake.calls
   waiting = [row.name for row in TABLE5[1:]]
   out = folders / "results" / "table5"
@@ -522,7 +521,7 @@ def test_schedule_report_only_without_epochs_reports_every_finished_study_run(
     _write_run(folders / "results" / "runs" / row.name, row)
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
-  assert sweep.main(["schedule", "--report-only"]) == 0
+  assert sweep.TOOL.call(["schedule", "--report-only"]) == 0
   assert not fake.calls
   document = json.loads((folders / "results" / "schedule" / "schedule.json").read_text())
   assert [(point["model"], point["epochs"]) for point in document["points"]] == [
@@ -533,7 +532,7 @@ def test_schedule_report_only_without_epochs_reports_every_finished_study_run(
 def test_a_report_rebuilt_from_the_project_records_its_runs_relative_to_it(folders, monkeypatch):
   _write_run(folders / "results" / "runs" / TABLE5_DWS.name, TABLE5_DWS)
   monkeypatch.chdir(folders)
-  assert sweep.main(["table5", "--report-only"]) == 0
+  assert sweep.TOOL.call(["table5", "--report-only"]) == 0
   document = json.loads((folders / "results" / "table5" / "results.json").read_text())
   assert [run["source"] for run in document["runs"]] == [
       f"results/runs/{TABLE5_DWS.name}/eval_results.json"]

@@ -5,9 +5,7 @@ import subprocess
 
 import pytest
 
-from tools import lanes
-from tools import sweep
-from tools import tune
+from tools import lanes, runs, tune
 
 from conftest import unpinned
 
@@ -41,7 +39,7 @@ class FakeTrain:
                            .partition("=")[2])
     config_arg = next(arg for arg in command if arg.startswith("--config=")).partition("=")[2]
     flags = [arg for arg in command if arg.startswith("--config.")]
-    config = sweep.requested_config(config_arg, flags)
+    config = runs.requested_config(config_arg, flags)
     settings = {field: config[field.split(".")[0]][field.split(".")[1]] for field in tune.START}
     workdir.mkdir(parents=True)
     (workdir / "config.json").write_text(json.dumps(config))
@@ -59,7 +57,7 @@ def fake_train(monkeypatch) -> FakeTrain:
 
 
 def _main(tmp_path: pathlib.Path, *flags: str) -> int:
-  return tune.main(["--workdirs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+  return tune.TOOL.call(["--workdirs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
                     *flags])
 
 
@@ -173,7 +171,7 @@ def test_two_lanes_train_the_same_trials_each_on_its_own_core_logging_beside_the
 def test_more_lanes_than_cores_stops_before_any_training(tmp_path, fake_train, monkeypatch,
                                                           capsys):
   monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
-  assert _main(tmp_path, "--lanes", "3") == 2
+  assert _main(tmp_path, "--lanes", "3") == 1
   assert "--lanes=3: this process may use 2 cores" in capsys.readouterr().err
   assert not fake_train.commands
 
@@ -213,6 +211,6 @@ def test_the_confirmation_retrains_the_start_and_the_searchs_winner_at_the_longe
 
 def test_the_confirmation_of_an_unfinished_search_stops_before_any_training(tmp_path, fake_train,
                                                                              capsys):
-  assert _main(tmp_path, "--confirm-at", "20") == 2
+  assert _main(tmp_path, "--confirm-at", "20") == 1
   assert "the 5-epoch search in" in capsys.readouterr().err
   assert not fake_train.commands

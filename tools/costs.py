@@ -1,11 +1,12 @@
 """The exact mult-adds and parameters of a MobileNet, layer by layer, with the paper's Table 2
 shares: `python -m tools.costs --variant dws --alpha 0.75 --resolution 224 [--json]`."""
-import argparse
 import json
-import sys
+
+from absl import flags
 
 from mobilenet import costs as costs_lib
-from mobilenet import model
+from mobilenet import errors, model
+from tools import command_line
 
 
 def format_table(costs: costs_lib.Costs) -> str:
@@ -26,22 +27,25 @@ def format_table(costs: costs_lib.Costs) -> str:
   return "\n".join(rows)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tools.costs", description=__doc__.split("\n")[0])
-  parser.add_argument("--variant", default="dws", help=f"one of {', '.join(model.VARIANTS)}")
-  parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
-  parser.add_argument("--resolution", type=int, default=224, help="input height and width")
-  parser.add_argument("--num_classes", type=int, default=1000)
-  parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args = parser.parse_args(argv)
-  try:
-    costs = costs_lib.count(args.variant, args.alpha, args.resolution, args.num_classes)
-  except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  print(json.dumps(costs.to_json()) if args.json else format_table(costs))
-  return 0
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string("variant", "dws", f"one of {', '.join(model.VARIANTS)}",
+                      flag_values=flag_values)
+  flags.DEFINE_float("alpha", 1.0, "width multiplier", flag_values=flag_values)
+  flags.DEFINE_integer("resolution", 224, "input height and width", flag_values=flag_values)
+  flags.DEFINE_integer("num_classes", 1000, "classifier outputs", flag_values=flag_values)
+  flags.DEFINE_boolean("json", False, "print one JSON object", flag_values=flag_values)
 
+
+def main(command: command_line.CommandLine) -> None:
+  values = command.flags
+  try:
+    costs = costs_lib.count(values.variant, values.alpha, values.resolution, values.num_classes)
+  except ValueError as error:
+    raise errors.ConfigError(str(error)) from None
+  print(json.dumps(costs.to_json()) if values.json else format_table(costs))
+
+
+TOOL = command_line.Tool(define_flags, main)
 
 if __name__ == "__main__":
-  sys.exit(main())
+  TOOL.start()

@@ -8,7 +8,6 @@ to one set, and XLA and tf.data size their thread pools from the cores they are 
 
     python -m tools.lanes --cpus 0,1 -- python train.py ...   # runs one command pinned
 """
-import argparse
 import concurrent.futures
 import dataclasses
 import os
@@ -16,9 +15,14 @@ import pathlib
 import sys
 from typing import Callable, Optional, Sequence
 
+from absl import flags
 
-class LanesError(Exception):
-  """A lane count this machine cannot give, reported as one line naming the flag."""
+from mobilenet import errors
+from tools import command_line
+
+
+class LanesError(errors.ConfigError):
+  """A lane count (or core list) this machine cannot give; the message names the flag."""
 
 
 def available_cpus() -> list[int]:
@@ -95,22 +99,28 @@ def log_file(workdir: pathlib.Path) -> pathlib.Path:
   return workdir.with_name(workdir.name + ".log")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tools.lanes",
-                                   description="Runs one command pinned to the given cores.")
-  parser.add_argument("--cpus", required=True, help="comma-separated core numbers, e.g. 0,1")
-  parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
-  args = parser.parse_args(argv)
-  command = args.command[1:] if args.command[:1] == ["--"] else args.command
-  if not command:
-    parser.error("no command after --")
-  try:
-    os.sched_setaffinity(0, [int(cpu) for cpu in args.cpus.split(",")])
-  except (ValueError, OSError) as error:
-    parser.error(f"--cpus={args.cpus}: {error}")
-  os.execvp(command[0], command)
-  return 1  # not reached: execvp replaces this process or raises
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string("cpus", None, "comma-separated core numbers, e.g. 0,1",
+                      flag_values=flag_values)
 
+
+def main(command: command_line.CommandLine) -> None:
+  """Runs the command after `--` pinned to the cores of --cpus, in place of this process."""
+  if command.flags.cpus is None:
+    raise errors.ConfigError("--cpus: the cores to pin the command to are required")
+  if command.arguments:
+    raise errors.ConfigError(f"unexpected arguments: {' '.join(command.arguments)} (the command "
+                             "goes after --)")
+  if not command.passed_on:
+    raise errors.ConfigError("no command after --")
+  try:
+    os.sched_setaffinity(0, [int(cpu) for cpu in command.flags.cpus.split(",")])
+  except (ValueError, OSError) as error:
+    raise LanesError(f"--cpus={command.flags.cpus}: {error}") from None
+  os.execvp(command.passed_on[0], command.passed_on)
+
+
+TOOL = command_line.Tool(define_flags, main, takes_arguments=True, passes_on=True)
 
 if __name__ == "__main__":
-  sys.exit(main())
+  TOOL.start()

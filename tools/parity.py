@@ -17,7 +17,6 @@ finished run says so and exits 0.
 `compare` reads finished runs of both frameworks and writes <out>/parity.json (final top-1 per
 seed, means, spreads, per-epoch curves) and <out>/parity.png (val top-1 per epoch).
 """
-import argparse
 import contextlib
 import json
 import os
@@ -26,10 +25,13 @@ import sys
 import time
 
 import numpy as np  # pylint: disable=g-import-not-at-top
+from absl import flags
+from ml_collections import config_flags
 
-from mobilenet import allocator, checkpoints, devices, errors, metrics, optim, protocol, results
-from mobilenet import trainer
+from mobilenet import allocator, checkpoints, cli, devices, errors, metrics, optim, protocol
+from mobilenet import results, trainer
 from mobilenet.input import Dataset
+from tools import command_line
 
 FRAMEWORK = "torch"
 CHECKPOINT_FILE = "torch_state.pt"  # in <workdir>/checkpoints, beside where orbax's would be
@@ -145,8 +147,10 @@ def learning_rates(config, *, steps_per_epoch: int, total_steps: int) -> list[fl
   return [float(rate) for rate in np.asarray(schedule(np.arange(total_steps)))]
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains the PyTorch twin from its checkpoint in `workdir` (or from scratch) to the end."""
+def train_and_evaluate(config, workdir: str, hooks: trainer.Hooks | None = None) -> dict:
+  """Trains the PyTorch twin from its checkpoint in `workdir` (or from scratch) to the end;
+  `hooks.step_done` as train.py's loop calls it (tests inject faults there)."""
+  hooks = hooks or trainer.Hooks()
   twin = _import_twin()
   torch = twin.torch
   functional = torch.nn.functional
@@ -236,7 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       optimizer.step()
       average.update(net, torch)
       done = step + 1
-      trainer.HOOKS.step_done(done)
+      hooks.step_done(done)
       images_seen += global_batch
       accuracy = (logits.detach().argmax(-1) == labels).float().mean()
       pending.append((loss.item(), accuracy.item(), grad_norm))
@@ -379,60 +383,58 @@ def plot(by_framework: dict, record: dict, path: str) -> None:
   pyplot.close(figure)
 
 
-def compare_main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tools.parity compare",
-                                   description="JAX against PyTorch runs of one recipe.")
-  parser.add_argument("--jax", nargs="+", required=True, help="finished train.py workdirs")
-  parser.add_argument("--torch", nargs="+", required=True, help="finished parity train workdirs")
-  parser.add_argument("--out", default=os.path.join("results", "parity"))
-  args = parser.parse_args(argv)
-  try:
-    record = compare(args.jax, args.torch, args.out)
-  except errors.UserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+def compare_command(values: flags.FlagValues) -> None:
+  if not (values.jax and values.torch):
+    raise errors.ConfigError("compare: --jax and --torch each name one finished workdir or more")
+  record = compare(values.jax, values.torch, values.out)
   print(f"JAX top-1 {100 * record['jax_top1_mean']:.2f}% (std {100 * record['jax_top1_std']:.2f}, "
         f"{len(record['jax_top1'])} runs); PyTorch {100 * record['torch_top1_mean']:.2f}% (std "
         f"{100 * record['torch_top1_std']:.2f}, {len(record['torch_top1'])} runs); PyTorch - JAX "
         f"{100 * record['torch_minus_jax_top1']:+.2f} points. Wrote "
-        f"{os.path.join(args.out, PARITY_JSON)} and {PARITY_PLOT}")
-  return 0
+        f"{os.path.join(values.out, PARITY_JSON)} and {PARITY_PLOT}")
 
 
 # --------------------------------------------------------------------------- command line
 
-USAGE = ("usage: python -m tools.parity train --config=configs/dws.py[:seed=N] --workdir=W\n"
-         "       python -m tools.parity compare --jax J... --torch T... [--out DIR]")
+USAGE = ("python -m tools.parity train --config=configs/dws.py[:seed=N] --workdir=W, or "
+         "python -m tools.parity compare --jax J... --torch T... [--out DIR]")
 
 
-def _train_command() -> None:
-  """absl's flags are defined here, not at import, so tests may import this module beside the
-  benchmark (which defines --config too)."""
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from mobilenet import cli  # pylint: disable=import-outside-toplevel
+def train_command(values: flags.FlagValues) -> None:
+  if values.config is None or values.workdir is None:
+    raise errors.ConfigError("train: --config and --workdir are required")
+  _import_twin().check_optimizer(values.config.optimizer)  # before any workdir is made
+  config, workdir = cli.prepare(values.config, values.workdir, for_training=True)
+  if "preempted_at" in train_and_evaluate(config, workdir):
+    sys.exit(trainer.EXIT_PREEMPTED)
 
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dws.py[:seed=1]",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoint, metrics and results of the PyTorch run")
-  flags.mark_flags_as_required(["config", "workdir"])
 
-  def main(argv):
-    if argv[1:] != ["train"]:
-      raise app.UsageError(USAGE)
-    _import_twin().check_optimizer(flags.FLAGS.config.optimizer)  # before any workdir is made
-    config, workdir = cli.prepare(flags.FLAGS.config, flags.FLAGS.workdir, for_training=True)
-    if "preempted_at" in train_and_evaluate(config, workdir):
-      sys.exit(trainer.EXIT_PREEMPTED)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  config_flags.DEFINE_config_file("config", None, "train: config file, e.g. "
+                                  "configs/dws.py[:seed=1]", lock_config=True,
+                                  flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "train: checkpoint, metrics and results of the PyTorch "
+                      "run", flag_values=flag_values)
+  flags.DEFINE_multi_string("jax", [], "compare: finished train.py workdirs",
+                            flag_values=flag_values)
+  flags.DEFINE_multi_string("torch", [], "compare: finished parity train workdirs",
+                            flag_values=flag_values)
+  flags.DEFINE_string("out", os.path.join("results", "parity"), "compare: where parity.json and "
+                      "parity.png go", flag_values=flag_values)
 
-  cli.run(main, takes_arguments=True)
 
+def main(command: command_line.CommandLine) -> None:
+  if command.arguments == ["train"]:
+    train_command(command.flags)
+  elif command.arguments == ["compare"]:
+    compare_command(command.flags)
+  else:
+    raise errors.ConfigError(f"expected train or compare: {USAGE}")
+
+
+TOOL = command_line.Tool(define_flags, main, takes_arguments=True, several_values=("jax", "torch"))
 
 if __name__ == "__main__":
-  if len(sys.argv) > 1 and sys.argv[1] == "compare":
-    sys.exit(compare_main(sys.argv[2:]))
-  if len(sys.argv) < 2 or sys.argv[1] != "train":
-    print(USAGE, file=sys.stderr)
-    sys.exit(2)
-  allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed, as train.py
-  _train_command()
+  if sys.argv[1:2] == ["train"]:
+    allocator.use_fast_allocator()  # re-executes once under tcmalloc where installed, as train.py
+  TOOL.start()

@@ -22,11 +22,13 @@ tools.lanes), its console in `<workdir>.log`. Each run is an ordinary train.py r
 in `--results/runs/<name>`, and the ranked table (held-out top-1, final training loss, training
 time) and its plot go to `--results`.
 
+Where the search starts and what it tries (START, LEARNING_RATES, FACTORS) are data, in
+configs/experiments.py.
+
 The search's budget is a proxy for the tables' longer one. `--confirm-at E` checks that the choice
 holds there: it retrains the start recipe and the finished search's winner for E epochs on the same
 held-out split (`--seeds`, default 0) and ranks the two in `--results/at_E_epochs`.
 """
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -34,35 +36,18 @@ import sys
 import textwrap
 from typing import Any, Callable, Optional
 
-from tools import lanes
-from tools import report
-from mobilenet import metrics
-from mobilenet.metrics import format_duration
-from tools import sweep
+from absl import flags
 
-CONFIG_FILE = "configs/dws.py"
-HELD_OUT = {"data.train_split": "train[:90%]", "data.eval_split": "train[90%:]"}
-# Where the search starts: the recipe before tuning, pinned here so that a later change of
-# configs/base.py (the winner, say) does not change what these runs mean.
-START = {
-    "optimizer.name": "sgd", "optimizer.learning_rate": 0.4, "optimizer.schedule": "warmup_cosine",
-    "optimizer.weight_decay": 5e-5, "optimizer.label_smoothing": 0.1, "model.dropout_rate": 0.2,
-    "data.min_area": 0.25, "train.global_batch_size": 64, "optimizer.ema_decay": 0.0,
-}
-LEARNING_RATES = (0.2, 0.4, 0.8, 1.6)  # peak, per 256 images (scaled linearly with the batch)
-FACTORS = {
-    "schedule": ({"optimizer.schedule": "flat_cosine"},),
-    # TensorFlow's RMSprop as the paper trained; AdamW at its usual rate and decoupled decay.
-    "optimizer": ({"optimizer.name": "rmsprop"},
-                  {"optimizer.name": "adamw", "optimizer.learning_rate": 0.004,
-                   "optimizer.weight_decay": 0.05}),
-    "weight decay": ({"optimizer.weight_decay": 1e-5}, {"optimizer.weight_decay": 2e-4}),
-    "label smoothing": ({"optimizer.label_smoothing": 0.0},),
-    "dropout": ({"model.dropout_rate": 0.0},),
-    "crop area": ({"data.min_area": 0.08}, {"data.min_area": 0.5}),
-    "batch size": ({"train.global_batch_size": 32}, {"train.global_batch_size": 128}),
-    "EMA": ({"optimizer.ema_decay": 0.995},),
-}
+from configs import experiments
+from mobilenet import errors, metrics, results
+from mobilenet.metrics import format_duration
+from tools import command_line, lanes, runs
+
+CONFIG_FILE = experiments.SEARCH_CONFIG_FILE
+HELD_OUT = experiments.HELD_OUT
+START = experiments.SEARCH_START
+LEARNING_RATES = experiments.SEARCH_LEARNING_RATES
+FACTORS = experiments.SEARCH_FACTORS
 ABBREVIATIONS = {
     "optimizer.learning_rate": "lr", "optimizer.name": "", "optimizer.schedule": "",
     "optimizer.weight_decay": "wd", "optimizer.label_smoothing": "ls",
@@ -122,7 +107,7 @@ class Folders:
     if item.name not in self._top1:
       if not self.finished(item):
         return None
-      self._top1[item.name] = report.read_json(self.kept(item) / "eval_results.json")["top1"]
+      self._top1[item.name] = results.read_json(self.kept(item) / "eval_results.json")["top1"]
     return self._top1[item.name]
 
 
@@ -181,8 +166,8 @@ def stale_reason(folders: Folders, item: Trial) -> Optional[str]:
   folder = folders.kept(item) if folders.finished(item) else folders.workdirs / item.name
   if not (folder / "config.json").is_file():
     return None
-  stored = report.read_json(folder / "config.json")
-  differences = sweep.config_differences(stored, sweep.requested_config(item.config, item.flags()))
+  stored = results.read_json(folder / "config.json")
+  differences = runs.config_differences(stored, runs.requested_config(item.config, item.flags()))
   if not differences:
     return None
   return f"{folder} was made with {differences[0]}; move it away to run the trial afresh"
@@ -194,14 +179,14 @@ def stale_reasons(folders: Folders, trials: list[Trial]) -> list[str]:
 
 def run(folders: Folders, item: Trial, cpus: Optional[tuple[int, ...]] = None) -> None:
   """Trains the trial (resuming its workdir; pinned to `cpus` where given) and keeps its
-  results; raises sweep.RunFailed."""
+  results; raises RunFailed."""
   workdir = folders.workdirs / item.name
-  sweep.run_training(item.name, [sys.executable, "train.py", f"--config={item.config}",
-                                 f"--workdir={workdir}", *item.flags()], workdir, cpus)
-  sweep.keep_results(workdir, folders.kept(item))
+  runs.run_training(item.name, [sys.executable, "train.py", f"--config={item.config}",
+                                f"--workdir={workdir}", *item.flags()], workdir, cpus)
+  runs.keep_results(workdir, folders.kept(item))
 
 
-class SearchUnfinished(Exception):
+class SearchUnfinished(errors.UserError, RuntimeError):
   """The confirmation was asked for before the search it confirms had finished."""
 
 
@@ -240,7 +225,7 @@ def next_trial(folders: Folders, decide: Decide, running: set[str]) -> Optional[
 
 def train_decided(folders: Folders, decide: Decide, lane_count: int) -> None:
   """Trains every decided trial that has not finished, `lane_count` at a time; a finished trial
-  may decide the next stage. Raises sweep.RunFailed."""
+  may decide the next stage. Raises RunFailed."""
 
   def next_job(running: set[str]) -> Optional[lanes.Job]:
     item = next_trial(folders, decide, running)
@@ -263,15 +248,15 @@ def ranking(folders: Folders, trials: list[Trial]) -> list[dict]:
   for item in trials:
     if not folders.finished(item):
       continue
-    results = report.read_json(folders.kept(item) / "eval_results.json")
+    record = results.read_json(folders.kept(item) / "eval_results.json")
     entry = recipes.setdefault(item.recipe, dict(
         recipe=item.recipe, stage=item.stage, changes=dict(item.changes), seeds=[], top1=[],
         final_train_loss=[], train_wall_s=[], devices=[]))
     entry["seeds"].append(item.seed)
-    entry["top1"].append(results["top1"])
+    entry["top1"].append(record["top1"])
     entry["final_train_loss"].append(final_train_loss(folders.kept(item) / "metrics.jsonl"))
-    entry["train_wall_s"].append(results.get("train_wall_s"))
-    entry["devices"].append(results.get("device"))
+    entry["train_wall_s"].append(record.get("train_wall_s"))
+    entry["devices"].append(record.get("device"))
   ranked = sorted(recipes.values(), key=lambda entry: -sum(entry["top1"]) / len(entry["top1"]))
   for entry in ranked:
     entry["mean_top1"] = sum(entry["top1"]) / len(entry["top1"])
@@ -347,65 +332,62 @@ def write_ranking(folders: Folders, trials: list[Trial], epochs: float, complete
   print(f"tune: {len(ranked)} recipes ranked in {folders.results / 'tuning.md'}")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tools.tune",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=float, default=5.0, help="the budget of every run")
-  parser.add_argument("--workdirs", type=pathlib.Path, default=sweep.RUNS / "tune")
-  parser.add_argument("--results", type=pathlib.Path, default=sweep.RESULTS / "tuning")
-  parser.add_argument("--lanes", type=int, default=1, metavar="N",
-                      help="train up to N trials at once, each pinned to its share of the cores")
-  parser.add_argument("--confirm-at", type=float, metavar="E",
-                      help="retrain the start and the finished search's winner for E epochs")
-  parser.add_argument("--seeds", default="0", metavar="S,S,...",
-                      help="--confirm-at: the seeds of each recipe (default: 0)")
-  parser.add_argument("--dry-run", action="store_true", help="list the trials decided so far")
-  parser.add_argument("--report-only", action="store_true", help="rebuild the ranking only")
-  args = parser.parse_args(argv)
-  try:
-    seeds = tuple(sweep.parse_seeds(args.seeds))
-    if args.confirm_at is not None and not args.confirm_at > 0:
-      raise sweep.UsageError(f"--confirm-at: {args.confirm_at:g} is not a positive number of epochs")
-    lanes.cpu_sets(args.lanes)
-  except (sweep.UsageError, lanes.LanesError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  search = Folders(args.workdirs.resolve(), args.results.resolve())
-  if args.confirm_at is None:
-    folders, epochs = search, args.epochs
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_float("epochs", 5.0, "the budget of every run", flag_values=flag_values)
+  flags.DEFINE_string("workdirs", None, "where the trials' workdirs live (default: runs/tune in "
+                      "the project)", flag_values=flag_values)
+  flags.DEFINE_string("results", None, "where the finished trials and the ranking go (default: "
+                      "results/tuning in the project)", flag_values=flag_values)
+  flags.DEFINE_integer("lanes", 1, "train up to N trials at once, each pinned to its share of the "
+                       "cores", flag_values=flag_values)
+  flags.DEFINE_float("confirm-at", None, "retrain the start and the finished search's winner for "
+                     "E epochs", flag_values=flag_values)
+  flags.DEFINE_string("seeds", "0", "--confirm-at: the seeds of each recipe, S,S,...",
+                      flag_values=flag_values)
+  flags.DEFINE_boolean("dry-run", False, "list the trials decided so far",
+                       flag_values=flag_values)
+  flags.DEFINE_boolean("report-only", False, "rebuild the ranking only", flag_values=flag_values)
+
+
+def main(command: command_line.CommandLine) -> None:
+  values = command.flags
+  search_epochs, confirm_at = values.epochs, values["confirm-at"].value
+  dry_run, report_only = values["dry-run"].value, values["report-only"].value
+  seeds = tuple(runs.parse_seeds(values.seeds))
+  if confirm_at is not None and not confirm_at > 0:
+    raise errors.ConfigError(f"--confirm-at: {confirm_at:g} is not a positive number of epochs")
+  lanes.cpu_sets(values.lanes)
+  search = Folders(runs.resolved_folder(values.workdirs, runs.RUNS / "tune"),
+                   runs.resolved_folder(values.results, runs.RESULTS / "tuning"))
+  if confirm_at is None:
+    folders, epochs = search, search_epochs
     title = f"Recipe search: MobileNet-1.0 at 128 px, {epochs:g} epochs"
-    decide: Decide = lambda: plan(search, args.epochs)
+    decide: Decide = lambda: plan(search, search_epochs)
   else:
-    folders = Folders(search.workdirs, search.results / f"at_{args.confirm_at:g}_epochs")
-    epochs = args.confirm_at
-    title = (f"Start and winner of the {args.epochs:g}-epoch recipe search, retrained for "
+    folders = Folders(search.workdirs, search.results / f"at_{confirm_at:g}_epochs")
+    epochs = confirm_at
+    title = (f"Start and winner of the {search_epochs:g}-epoch recipe search, retrained for "
              f"{epochs:g} epochs: MobileNet-1.0 at 128 px")
-    decide = lambda: confirmation(search, args.epochs, args.confirm_at, seeds)
-    try:
-      decide()
-    except SearchUnfinished as error:
-      print(f"error: {error}", file=sys.stderr)
-      return 2
-  if not (args.dry_run or args.report_only):
-    try:
-      train_decided(folders, decide, args.lanes)
-    except sweep.RunFailed as error:
-      print(f"error: {error}", file=sys.stderr)
-      return 1
+    decide = lambda: confirmation(search, search_epochs, confirm_at, seeds)
+    decide()  # SearchUnfinished before anything runs
+  if not (dry_run or report_only):
+    train_decided(folders, decide, values.lanes)
   trials, decided = decide()
   reasons = stale_reasons(folders, trials)
-  if args.dry_run:
+  if dry_run:
     width = max(len(item.name) for item in trials)
     for item in trials:
       print(f"{item.name:<{width}} {item.stage:<20} "
             f"{'done' if folders.finished(item) else 'missing'}")
     if not decided:
       print("(later stages are decided when these have finished)")
-  if args.dry_run or reasons:
-    return sweep.report_stale(reasons, dry_run=args.dry_run)
+  if dry_run or reasons:
+    runs.report_stale(reasons, dry_run=dry_run)
+    return
   write_ranking(folders, trials, epochs, decided and all(map(folders.finished, trials)), title)
-  return 0
 
+
+TOOL = command_line.Tool(define_flags, main)
 
 if __name__ == "__main__":
-  sys.exit(main())
+  TOOL.start()
