@@ -25,8 +25,10 @@ flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
 FLAGS = flags.FLAGS
 
 
-def main(_):
-  result = cli.train(FLAGS.config, FLAGS.workdir, check_first=base.check_protocol_folder)
+def main(_, hooks: trainer.Hooks | None = None):
+  """`hooks`: tests/fault_injection.py's faults; none otherwise."""
+  result = cli.train(FLAGS.config, FLAGS.workdir, check_first=base.check_protocol_folder,
+                     hooks=hooks)
   if "preempted_at" in result:
     sys.exit(trainer.EXIT_PREEMPTED)
 

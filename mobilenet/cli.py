@@ -93,14 +93,16 @@ def no_empty_workdir_left_on_failure(workdir: str):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None, *,
-          check_first: Callable[[ml_collections.ConfigDict], None] | None = None) -> dict:
-  """train.py: checks the config, then trains and evaluates in the workdir (see above)."""
+          check_first: Callable[[ml_collections.ConfigDict], None] | None = None,
+          hooks: trainer.Hooks | None = None) -> dict:
+  """train.py: checks the config, then trains and evaluates in the workdir (see above);
+  `hooks` reach the training loop (tests inject faults there)."""
   devices.initialize_distributed(config.distributed)
   check_config(config, check_first)
   workdir = workdir or default_workdir(config)
   with no_empty_workdir_left_on_failure(workdir):
     check_writable(workdir)
-    return trainer.train_and_evaluate(config, workdir)
+    return trainer.train_and_evaluate(config, workdir, hooks)
 
 
 def evaluation_config(saved: dict, workdir: str, *, file_config=None, overrides: dict,

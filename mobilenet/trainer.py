@@ -39,9 +39,6 @@ class Hooks:
   save_committing: Callable[[], None] = _nothing  # orbax: complete, before the rename
 
 
-HOOKS = Hooks()
-
-
 def check_config(train_config: ml_collections.ConfigDict) -> None:
   """The train section: batch sizes that split evenly over devices and processes, epochs."""
   device_count, process_count = jax.device_count(), jax.process_count()
@@ -277,10 +274,27 @@ def _describe(config, plan: RunPlan) -> str:
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains from the latest checkpoint in `workdir` (or from scratch) to the end; evaluates."""
+@dataclasses.dataclass(frozen=True)
+class Session:
+  """What one session of a run works with, besides the state it trains."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  plan: RunPlan
+  checkpointer: checkpoints.Checkpointer
+  training: steps_lib.Training
+  writer: metrics.MetricWriter
+  hooks: Hooks
+  start_step: int
+  earlier_seconds: float | None  # training time before this session; None where not kept
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Hooks | None = None) -> dict:
+  """Trains from the latest checkpoint in `workdir` (or from scratch) to the end; evaluates.
+  `hooks`: where tests inject faults."""
+  hooks = hooks or Hooks()
   with checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints,
-                                before_commit=lambda: HOOKS.save_committing()) as checkpointer:
+                                before_commit=lambda: hooks.save_committing()) as checkpointer:
     start_step = checkpointer.latest_step() or 0
     if start_step:  # another run's checkpoint is refused now, before any data is read
       checkpoints.check_same_run(checkpointer.saved_config(start_step),
@@ -305,21 +319,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics.console(_describe(config, plan))
     writer = metrics.MetricWriter(workdir)
     try:
-      return _loop(config, workdir, plan, checkpointer, training, writer, state, start_step,
-                   train_seconds)
+      return _loop(Session(config, workdir, plan, checkpointer, training, writer, hooks,
+                           start_step, train_seconds), state)
     finally:
       writer.close()
 
 
-def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Training, writer,
-          state, start_step: int, train_seconds: float | None) -> dict:
-  progress = Progress(plan, training.schedule, writer, checkpointer, train_seconds or 0.0)
+def _loop(session: Session, state) -> dict:
+  config, plan, training, hooks = session.config, session.plan, session.training, session.hooks
+  checkpointer, writer, start_step = session.checkpointer, session.writer, session.start_step
+  progress = Progress(plan, training.schedule, writer, checkpointer,
+                      session.earlier_seconds or 0.0)
   batches = plan.dataset.train_batches(global_batch_size=plan.global_batch, seed=config.seed,
                                        start_step=start_step)
 
   def save(step: int) -> None:
     progress.check(step)  # never save a state whose loss went non-finite
-    HOOKS.save_started(step)
+    hooks.save_started(step)
     checkpointer.save(step, state, config, train_seconds=progress.train_seconds)
 
   def evaluate(step: int) -> dict:
@@ -327,17 +343,17 @@ def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Trai
     totals = evaluation.evaluate(
         training.evaluation, steps_lib.evaluated_variables(state),
         plan.dataset.eval_batches(global_batch_size=config.train.eval_batch_size),
-        after_batch=lambda: HOOKS.eval_batch_done(step))
+        after_batch=lambda: hooks.eval_batch_done(step))
     progress.restart_clock()
     writer.write(step, "eval", totals)
     return totals
 
-  profile = ProfileWindow(workdir, config.train.profile_steps, start_step)
+  profile = ProfileWindow(session.workdir, config.train.profile_steps, start_step)
   with Preemption() as preemption, profile:
     for step in range(start_step, plan.total_steps):
       state, step_metrics = training.train(state, training.evaluation.global_batch(next(batches)))
       done = step + 1
-      HOOKS.step_done(done)
+      hooks.step_done(done)
       profile.after_step(done, (state, step_metrics))
       progress.add(done, step_metrics, first_of_session=step == start_step)
       if progress.due(done):
@@ -359,16 +375,17 @@ def _loop(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Trai
     save(final_step)
   del batches  # its prefetching would compete with the final evaluation for the CPU
   totals = evaluate(final_step)
-  return _finish(config, workdir, plan, checkpointer, training, state, totals,
-                 final_step=final_step, start_step=start_step, earlier_seconds=train_seconds,
+  return _finish(session, state, totals, final_step=final_step,
                  all_seconds=progress.train_seconds)
 
 
-def _finish(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Training, state,
-            totals: dict, *, final_step: int, start_step: int, earlier_seconds: float | None,
+def _finish(session: Session, state, totals: dict, *, final_step: int,
             all_seconds: float) -> dict:
   """Writes the results of the final evaluation, with the inference speed and the training
   time of this session and (where every checkpoint kept it) of the whole run."""
+  config, plan, training, checkpointer = (session.config, session.plan, session.training,
+                                          session.checkpointer)
+  start_step, earlier_seconds = session.start_step, session.earlier_seconds
   record = {**results.evaluation_record(config, final_step, totals, devices.description()),
             "infer_images_per_s": evaluation.measure_inference_speed(
                 training.evaluation.net, steps_lib.evaluated_variables(state), config)}
@@ -381,7 +398,7 @@ def _finish(config, workdir, plan: RunPlan, checkpointer, training: steps_lib.Tr
     record.update(train_wall_s=all_seconds,
                   train_images_per_s=final_step * plan.global_batch / all_seconds)
   checkpointer.wait()  # the results name the final checkpoint: it must be on disk first
-  path = os.path.join(workdir, results.FILENAME)
+  path = os.path.join(session.workdir, results.FILENAME)
   if jax.process_index() == 0:
     results.write(path, record)
   metrics.console(f"final eval at step {final_step}: top-1 {100 * totals['top1']:.2f}%  "
