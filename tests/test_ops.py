@@ -9,6 +9,7 @@ from jax import lax
 
 from configs import base
 from mobilenet import cpu_kernels, model, ops
+from mobilenet.ops import depthwise
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -157,7 +158,7 @@ def test_shifted_depthwise_mixed_strides_and_jit():
 
 def test_shifted_depthwise_kernel_grad_over_groups_of_images(monkeypatch):
   """Batches larger than one fused loop are summed as several groups of images."""
-  monkeypatch.setattr(ops, "_KERNEL_GRAD_IMAGES_PER_LOOP", 2)
+  monkeypatch.setattr(depthwise, "_KERNEL_GRAD_IMAGES_PER_LOOP", 2)
   x = _random((6, 7, 8, 5), seed=14)
   kernel = _random((3, 3, 1, 5), seed=15)
   for stride in (1, 2):

@@ -10,46 +10,57 @@ or a TF-slim checkpoint (its 1001 classes become ImageNet's 1000 unless --keep_b
 """
 from absl import flags
 
-from mobilenet import cli, errors, metrics, pretrained
-
-flags.DEFINE_string("workdir", None, "The workdir to create")
-flags.DEFINE_string("keras_file", None, "A Keras model (.keras, .h5) or weights file "
-                    "(.weights.h5, or a released mobilenet_<a>_<rows>_tf.h5)")
-flags.DEFINE_enum("keras", None, ["imagenet"], "Keras' released ImageNet weights (downloads)")
-flags.DEFINE_string("slim_checkpoint", None, "A TF-slim MobileNet v1 checkpoint prefix")
-flags.DEFINE_float("alpha", None, "Width multiplier (weights-only files and --keras)")
-flags.DEFINE_integer("resolution", None, "Input resolution (default: the file name's, or 224)")
-flags.DEFINE_bool("keep_background", False, "TF-slim: keep the background class (1001 outputs)")
-FLAGS = flags.FLAGS
+from mobilenet import errors, metrics, pretrained
+from tools import command_line
 
 
-def load():
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "The workdir to create", required=True,
+                      flag_values=flag_values)
+  flags.DEFINE_string("keras_file", None, "A Keras model (.keras, .h5) or weights file "
+                      "(.weights.h5, or a released mobilenet_<a>_<rows>_tf.h5)",
+                      flag_values=flag_values)
+  flags.DEFINE_enum("keras", None, ["imagenet"], "Keras' released ImageNet weights (downloads)",
+                    flag_values=flag_values)
+  flags.DEFINE_string("slim_checkpoint", None, "A TF-slim MobileNet v1 checkpoint prefix",
+                      flag_values=flag_values)
+  flags.DEFINE_float("alpha", None, "Width multiplier (weights-only files and --keras)",
+                     flag_values=flag_values)
+  flags.DEFINE_integer("resolution", None, "Input resolution (default: the file name's, or 224)",
+                       flag_values=flag_values)
+  flags.DEFINE_bool("keep_background", False, "TF-slim: keep the background class (1001 outputs)",
+                    flag_values=flag_values)
+
+
+def load(values: flags.FlagValues):
   """(config, variables) from the one source the flags name."""
-  given = [name for name in ("keras_file", "keras", "slim_checkpoint") if FLAGS[name].value]
+  given = [name for name in ("keras_file", "keras", "slim_checkpoint") if values[name].value]
   if len(given) != 1:
     raise errors.ConfigError("give exactly one of --keras_file, --keras=imagenet, "
                              f"--slim_checkpoint; got {len(given) or 'none'}")
-  if FLAGS.keras_file:
-    return pretrained.from_keras_file(FLAGS.keras_file, alpha=FLAGS.alpha,
-                                      resolution=FLAGS.resolution)
-  if FLAGS.keras:
-    return pretrained.from_keras_imagenet(FLAGS.alpha or 1.0, FLAGS.resolution or 224)
+  if values.keras_file:
+    return pretrained.from_keras_file(values.keras_file, alpha=values.alpha,
+                                      resolution=values.resolution)
+  if values.keras:
+    return pretrained.from_keras_imagenet(values.alpha or 1.0, values.resolution or 224)
   return pretrained.from_slim_checkpoint(
-      FLAGS.slim_checkpoint, resolution=FLAGS.resolution or pretrained.DEFAULT_RESOLUTION,
-      keep_background=FLAGS.keep_background)
+      values.slim_checkpoint, resolution=values.resolution or pretrained.DEFAULT_RESOLUTION,
+      keep_background=values.keep_background)
 
 
-def main(_):
-  config, variables = load()
-  pretrained.save_workdir(config, variables, FLAGS.workdir)
+def main(command: command_line.CommandLine) -> None:
+  values = command.flags
+  config, variables = load(values)
+  pretrained.save_workdir(config, variables, values.workdir)
   metrics.console(
       f"{config.train.init_from}: MobileNet alpha={config.model.alpha:g} at "
       f"{config.data.resolution} px, {config.model.num_classes} classes, ReLU6, into "
-      f"{FLAGS.workdir}; evaluate with `python eval.py --workdir={FLAGS.workdir} "
+      f"{values.workdir}; evaluate with `python eval.py --workdir={values.workdir} "
       "--config.data.folder=<a folder of ImageNet synsets>`, fine-tune with "
-      f"--config.train.init_from={FLAGS.workdir}")
+      f"--config.train.init_from={values.workdir}")
 
+
+TOOL = command_line.Tool(define_flags, main)
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  cli.run(main)
+  TOOL.start()

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mobilenet import checkpoints, devices, errors, evaluation, model, results
+from mobilenet import checkpoints, devices, evaluation, model, results
 from mobilenet.input import Dataset
 from tools.export.conversion import EXPORT_IMPLS, check_graph, convert, inference_fn
 from tools.export.timing import Runner, litert_version, cpu_description, load_average
@@ -117,7 +117,7 @@ def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,
   # Flax forward pass on `check_count` images spread evenly over it.
   num_eval = eval_data.num_eval_batches(1)  # one example a batch
   check_every = max(1, num_eval // max(check_count, 1))
-  errors, agree, checked, int8_correct, int8_agree, seen = [], 0, 0, 0, 0, 0
+  logit_errors, agree, checked, int8_correct, int8_agree, seen = [], 0, 0, 0, 0, 0
   first_image = None
   for position, (image, label) in enumerate(eval_images(eval_data, config.train.eval_batch_size)):
     seen += 1
@@ -127,20 +127,20 @@ def export_run(workdir: str, *, int8: bool = False, threads: Sequence[int] = (1,
     if position % check_every == 0 and checked < check_count:
       reference = np.asarray(forward(image[None]))[0]
       exported = runners["fp32"].logits(image)
-      errors.append(float(np.max(np.abs(exported - reference)) / np.max(np.abs(reference))))
+      logit_errors.append(float(np.max(np.abs(exported - reference)) / np.max(np.abs(reference))))
       agree += int(np.argmax(exported) == np.argmax(reference))
       if "int8" in runners:
         int8_agree += int(np.argmax(runners["int8"].logits(image)) == np.argmax(reference))
       checked += 1
   figures = {
-      "litert_fp32_max_rel_error": max(errors),
+      "litert_fp32_max_rel_error": max(logit_errors),
       "litert_fp32_top1_agreement": agree / checked,
       "litert_check_images": checked,
       "litert_step": step,
       "litert_ops": graph["num_ops"],
   }
   print_fn(f"fp32 against Flax on {checked} validation images: max relative error of the "
-           f"logits {max(errors):.2e}, top-1 agreement {100 * agree / checked:.1f}%")
+           f"logits {max(logit_errors):.2e}, top-1 agreement {100 * agree / checked:.1f}%")
   if "int8" in runners:
     figures.update(litert_int8_top1=int8_correct / seen, litert_int8_num_examples=seen,
                    litert_int8_top1_agreement=int8_agree / checked,

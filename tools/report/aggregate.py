@@ -160,11 +160,11 @@ def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
   by_protocol = []
   for model_key, model_runs in by_model.items():
     groups = protocol_groups(model_runs)
-    by_protocol += [(model_key, protocol, group)
-                    for protocol, group in zip(distinguishing_settings(groups), groups)]
+    by_protocol += [(model_key, settings, group)
+                    for settings, group in zip(distinguishing_settings(groups), groups)]
   rows = []
-  for (dataset, variant, alpha, resolution), protocol, model_runs in by_protocol:
-    name = model_name(variant, alpha, resolution, base_resolution) + protocol_label(protocol)
+  for (dataset, variant, alpha, resolution), settings, model_runs in by_protocol:
+    name = model_name(variant, alpha, resolution, base_resolution) + protocol_label(settings)
     model_runs = sorted(model_runs, key=lambda run: (run.seed is None, run.seed or 0, run.source))
     top1s = [run.top1 for run in model_runs]
     rows.append(ModelRow(
@@ -182,5 +182,5 @@ def aggregate(runs: Sequence[Run], base_resolution: int) -> list[ModelRow]:
             model_runs, "litert_int8_ms", lambda run: run.latency_device),
         litert_int8_top1_mean=mean_if_any(measured(model_runs, "litert_int8_top1")),
         litert_int8_top1_spread=half_range(measured(model_runs, "litert_int8_top1")),
-        paper=paper_row(variant, alpha, resolution, base_resolution), protocol=protocol))
+        paper=paper_row(variant, alpha, resolution, base_resolution), protocol=settings))
   return sorted(rows, key=lambda row: (row.dataset, -row.mult_adds, row.name))
