@@ -16,7 +16,8 @@ EVALUATION_FIELDS = MODEL_FIELDS + ("model.bn_epsilon", "model.activation", "dat
 # Where the data and runs live, how often to log, evaluate or save, and which implementation
 # computes the same function: runs that differ only in these fields measure the same thing.
 # Every other field changes what a run measures; the dataset itself is told by dataset_name.
-BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.prefetch_batches",
+BOOKKEEPING_FIELDS = ("data.folder", "data.data_dir", "data.cache", "data.cache_decoded",
+                      "data.prefetch_batches",
                       "data.on_corrupt", "model.depthwise_impl", "model.pointwise_impl",
                       "model.standard_impl", "train.eval_batch_size", "train.log_every_steps",
                       "train.eval_every_steps", "train.checkpoint_every_steps",

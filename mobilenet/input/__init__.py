@@ -6,7 +6,7 @@ crop for evaluation) and yields numpy batches for JAX, through one `Dataset`. It
   checks       check_config: every check of config.data, and the values it allows
   folder       the folder source: class folders, per-class percent slices (train[:90%])
   tfds_source  the tensorflow-datasets source: builder, split names, offline advice
-  decode       crop windows of encoded images, header sizes, a split decoded into memory
+  decode       crop windows of encoded images, header sizes, a split's files or pixels in memory
   splits       a loaded split as the pipeline reads it; unreadable files; a cache too large
   pipeline     the tf.data graphs of the train and eval batches of each process
   dataset      Dataset and DatasetInfo

@@ -36,7 +36,7 @@ class Dataset:
   """config.data's source: its classes, example counts and batches.
 
   The config is checked when the Dataset is made; each split is listed, checked and (with
-  data.cache) decoded on first use, once for the Dataset's lifetime.
+  data.cache) read into memory on first use, once for the Dataset's lifetime.
   """
 
   def __init__(self, data_config: ml_collections.ConfigDict, *,

@@ -1,5 +1,6 @@
-"""Image decoding: the crop window of one encoded image, image sizes from their headers, and a
-whole split decoded into one memory map (data.cache)."""
+"""Image decoding: the crop window of one encoded image, image sizes from their headers, and the
+two in-memory caches of a split (data.cache): its encoded files (the default), or its images
+decoded into one memory map (data.cache_decoded)."""
 import dataclasses
 import math
 import mmap
@@ -13,8 +14,8 @@ import tensorflow as tf
 
 from mobilenet import metrics
 
-# data.cache decodes a split into memory only if it takes at most this share of what is
-# available: the rest is left to training (activations, XLA's buffers, the other split).
+# data.cache holds a split in memory only if it takes at most this share of what is available:
+# the rest is left to training (activations, XLA's buffers, the other split).
 MAX_CACHE_SHARE_OF_MEMORY = 0.5
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -142,18 +143,69 @@ class Decoded:
   shapes: np.ndarray
 
 
-def _readable(examples: tf.data.Dataset, check) -> tf.data.Dataset:
-  """(index, contents, label) -> (index, label, check(contents)), unreadable files dropped."""
+def _readable(examples: tf.data.Dataset, check, keep_contents: bool = False) -> tf.data.Dataset:
+  """(index, contents, label) -> (index, label, check(contents)), unreadable files dropped;
+  with keep_contents, (index, label, contents) of the files that pass the check."""
   def checked(index, contents, label):
     return index, label, check(contents)
-  checked_examples = examples.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return checked_examples.ignore_errors().prefetch(64)
+
+  def checked_keeping(index, contents, label):
+    return index, label, contents, check(contents)
+  checked_examples = examples.map(checked_keeping if keep_contents else checked,
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  checked_examples = checked_examples.ignore_errors()
+  if keep_contents:
+    checked_examples = checked_examples.map(lambda index, label, contents, _: (index, label, contents))
+  return checked_examples.prefetch(64)
 
 
 def check_all(examples: tf.data.Dataset) -> np.ndarray:
   """The indices of the examples whose image decodes (streaming: nothing is kept)."""
   return np.asarray([index for index, _, _ in _readable(examples, _decode_check).as_numpy_iterator()],
                     np.int64)
+
+
+@dataclasses.dataclass
+class Encoded:
+  """A split's encoded files in memory: kept example numbers, their labels and their bytes."""
+  kept: np.ndarray
+  labels: np.ndarray
+  contents: tf.Tensor  # tf.string [len(kept)]: the files as they are, decoded per crop
+  num_bytes: int
+
+
+def encode_all(examples: tf.data.Dataset, description: str, on_too_large: Callable[[str], None],
+               expected_bytes: Optional[int] = None) -> Optional[Encoded]:
+  """Keeps the encoded bytes of every readable image of (index, contents, label) in memory.
+
+  The same check as check_all decides which files are readable, so the kept examples are the
+  uncached path's and each crop, decoded by decode_window from the same bytes, is bit for bit
+  the uncached path's. When `expected_bytes` (the files' sizes) would not fit in the memory
+  available, `on_too_large(message)` decides (stream instead: returns None).
+  """
+  available = available_memory_bytes()
+  if expected_bytes is not None and expected_bytes > MAX_CACHE_SHARE_OF_MEMORY * available:
+    return on_too_large(
+        f"{description}: keeping the encoded images needs {_format_bytes(expected_bytes)}, more "
+        f"than {MAX_CACHE_SHARE_OF_MEMORY:.0%} of the {_format_bytes(available)} of memory "
+        "available")
+  start = time.perf_counter()
+  kept, labels, chunks = [], [], []
+  for index, label, contents in _readable(examples, _decode_check, keep_contents=True).batch(1024):
+    kept.append(index.numpy())
+    labels.append(label.numpy())
+    chunks.append(contents)
+  contents = tf.concat(chunks, 0) if chunks else tf.constant([], tf.string)
+  del chunks
+  num_bytes = int(tf.reduce_sum(tf.cast(tf.strings.length(contents, unit="BYTE"), tf.int64)))
+  kept = np.concatenate(kept).astype(np.int64) if kept else np.zeros([0], np.int64)
+  labels = np.concatenate(labels).astype(np.int32) if labels else np.zeros([0], np.int32)
+  metrics.console(f"{description}: {len(kept)} images kept in memory as their encoded files, "
+                  f"{_format_bytes(num_bytes)}, read in {time.perf_counter() - start:.1f} s; "
+                  "each crop is decoded into pixels as it is read "
+                  "(--config.data.cache_decoded=True holds their decoded pixels instead, several times "
+                  "the memory; --config.data.cache=False reads them from their files)")
+  return Encoded(kept, labels, contents, num_bytes)
 
 
 def decode_all(examples: tf.data.Dataset, description: str,
@@ -191,7 +243,8 @@ def decode_all(examples: tf.data.Dataset, description: str,
     kept_slots.append(slot)
   metrics.console(f"{description}: {len(kept)} images decoded into {_format_bytes(total)} of "
                   f"memory in {time.perf_counter() - start:.1f} s "
-                  "(--config.data.cache=False reads them from their files instead)")
+                  "(--config.data.cache_decoded=False keeps their encoded files instead, "
+                  "--config.data.cache=False reads them from their files instead)")
   kept_slots = np.asarray(kept_slots, np.int64)
   return Decoded(np.asarray(kept, np.int64), np.asarray(labels, np.int32), images,
                  offsets[kept_slots], shapes[kept_slots])

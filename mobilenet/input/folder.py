@@ -92,7 +92,8 @@ def check_layout(data_config) -> None:
 
 
 def load_split(data_config, split: str) -> splits.Split:
-  """Lists the split's files and keeps those that decode (with data.cache, decoded in memory)."""
+  """Lists the split's files and keeps those that decode (with data.cache, their bytes in memory;
+  with data.cache_decoded too, their pixels)."""
   name, start, end = parse_split(split)
   split_dir = pathlib.Path(data_config.folder) / name
   class_names = label_names(data_config)
@@ -100,9 +101,13 @@ def load_split(data_config, split: str) -> splits.Split:
   examples = tf.data.Dataset.from_tensor_slices(
       (np.arange(len(paths), dtype=np.int64), paths, labels))
   examples = examples.map(lambda i, path, label: (i, tf.io.read_file(path), label))
+  cache = splits.cache_kind(data_config)
   decoded = (decode.decode_all(examples, str(split_dir), splits.stream_instead)
-             if data_config.cache else None)
-  kept = decoded.kept if decoded else decode.check_all(examples)
+             if cache == "decoded" else None)
+  encoded = (decode.encode_all(examples, str(split_dir), splits.stream_instead,
+                               expected_bytes=sum(os.path.getsize(path) for path in paths))
+             if cache == "encoded" else None)
+  kept = (decoded or encoded).kept if (decoded or encoded) else decode.check_all(examples)
   skipped = [paths[i] for i in sorted(set(range(len(paths))) - set(kept.tolist()))]
   splits.report_skipped(str(split_dir), skipped,
                         lambda k: decode.unreadable_reason(pathlib.Path(skipped[k]).read_bytes()),
@@ -113,6 +118,8 @@ def load_split(data_config, split: str) -> splits.Split:
       raise errors.DataError(f"class folder {split_dir / class_name} holds no readable image")
   if decoded:
     return splits.from_decoded(str(split_dir), decoded, skipped)
+  if encoded:
+    return splits.from_encoded_in_memory(str(split_dir), encoded, skipped)
   kept_paths = tf.constant([paths[i] for i in kept])
   kept_labels = tf.constant(kept_labels)
   return splits.from_encoded(str(split_dir),

@@ -1,5 +1,6 @@
-"""A loaded split, whatever its source: how the pipeline reads example i's crop, and what
-loading does with unreadable files and with a cache that would not fit in memory."""
+"""A loaded split, whatever its source: how the pipeline reads example i's crop, which cache
+config.data asks for, and what loading does with unreadable files and with a cache that would not
+fit in memory."""
 import dataclasses
 import logging
 from typing import Callable, Optional
@@ -26,6 +27,15 @@ class Split:
   stream: Optional[Callable] = None
 
 
+def cache_kind(data_config) -> Optional[str]:
+  """"encoded" (data.cache, the default: the files' bytes, each crop decoded as it is read, as
+  without a cache), "decoded" (data.cache and data.cache_decoded: the images' pixels, several
+  times the memory) or None (data.cache=False: the files are read at every epoch)."""
+  if not data_config.cache:
+    return None
+  return "decoded" if data_config.get("cache_decoded", False) else "encoded"
+
+
 def from_decoded(description: str, decoded: decode.Decoded, skipped=()) -> Split:
   """Crops sliced out of the images decoded into memory: only the crop's rows are read."""
   images = decoded.images.to_tensor()
@@ -50,6 +60,14 @@ def from_encoded(description: str, fetch: Callable, num_examples: int, skipped=(
     contents, label = fetch(index)
     return decode.decode_window(contents, window_fn), tf.cast(label, tf.int32)
   return Split(description, num_examples, tuple(skipped), read_window=read_window)
+
+
+def from_encoded_in_memory(description: str, encoded: decode.Encoded, skipped=()) -> Split:
+  """Crops decoded from the files' bytes held in memory: the uncached path's crops, bit for bit."""
+  contents = encoded.contents
+  labels = tf.constant(encoded.labels, tf.int32)
+  return from_encoded(description, lambda i: (contents[i], labels[i]), len(encoded.labels),
+                      skipped)
 
 
 def report_skipped(description: str, names: list[str], reason_of: Callable[[int], str],

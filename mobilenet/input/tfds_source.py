@@ -128,8 +128,17 @@ def has_random_access(builder) -> bool:
   return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
 
 
+def _split_bytes(builder, split: str):
+  """The prepared split's size on disk (its encoded images and labels), where tfds knows it."""
+  try:
+    return int(builder.info.splits[split].num_bytes) or None
+  except (KeyError, ValueError, TypeError, AttributeError):
+    return None
+
+
 def load_split(data_config, split: str) -> splits.Split:
-  """The split decoded into memory (data.cache), read by index (ArrayRecord), or streamed."""
+  """The split in memory (data.cache: its encoded images, or decoded with data.cache_decoded),
+  read by index (ArrayRecord), or streamed."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = prepared_builder(data_config)
   split = _split_name(builder, split)
@@ -137,14 +146,20 @@ def load_split(data_config, split: str) -> splits.Split:
   examples = _examples(builder, split)
   num_examples = count_examples(builder, split, examples)
   indexed = examples.enumerate().map(lambda i, record: (i, record[0], record[1]))
+  cache = splits.cache_kind(data_config)
   decoded = (decode.decode_all(indexed, description, splits.stream_instead)
-             if data_config.cache else None)
-  if decoded:
-    missing = sorted(set(range(num_examples)) - set(decoded.kept.tolist()))
+             if cache == "decoded" else None)
+  encoded = (decode.encode_all(indexed, description, splits.stream_instead,
+                               expected_bytes=_split_bytes(builder, split))
+             if cache == "encoded" else None)
+  if decoded or encoded:
+    missing = sorted(set(range(num_examples)) - set((decoded or encoded).kept.tolist()))
     skipped = [f"{description} record {i}" for i in missing]
     splits.report_skipped(description, skipped, lambda k: "the image does not decode",
                           data_config.on_corrupt)
-    return splits.from_decoded(description, decoded, skipped)
+    if decoded:
+      return splits.from_decoded(description, decoded, skipped)
+    return splits.from_encoded_in_memory(description, encoded, skipped)
   if has_random_access(builder):
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
