@@ -11,13 +11,17 @@ from PIL import Image
 from configs import base
 from mobilenet import errors
 from tools import data_benchmark
-from mobilenet.input import Dataset, DatasetInfo, check_config, decode, folder, tfds_source
+from mobilenet.input import Dataset, DatasetInfo, check_config, decode, folder, splits, tfds_source
 from tests.conftest import VARIED_IMAGES, varied_image, write_varied_image_folder
 
 RESOLUTION = 32
 # Each class has its own colour; grayscale files get the colour's luma.
 CLASS_COLOURS = {"ant": (220, 40, 40), "bee": (40, 220, 40), "cat": (40, 40, 220)}
 LABEL_NAMES = ("ant", "bee", "cat")  # sorted folder names, whatever order they were made in
+# data.cache's three settings: the files' bytes in memory (the default), their decoded pixels,
+# none (the files are read at every epoch).
+CACHES = {"encoded": dict(cache=True), "decoded": dict(cache=True, cache_decoded=True),
+          "none": dict(cache=False)}
 
 
 def _luma(colour):
@@ -106,8 +110,11 @@ def test_label_names_are_sorted_class_folders_and_bad_files_are_counted(tiny_fol
   skipped = folder.load_split(_config(tiny_folder, cache=False), "train").skipped
   assert sorted(pathlib.Path(p).name for p in skipped) == ["broken.jpg", "empty.jpg", "notes.txt"]
   assert "skipped 3 unreadable" in caplog.text and "broken.jpg" in caplog.text
-  cached = folder.load_split(_config(tiny_folder, cache=True), "train")
-  assert (cached.num_examples, len(cached.skipped)) == (9, 3)
+  for cache in ("encoded", "decoded"):
+    cached = folder.load_split(_config(tiny_folder, **CACHES[cache]), "train")
+    assert (cached.num_examples, len(cached.skipped)) == (9, 3)
+    assert sorted(pathlib.Path(p).name for p in cached.skipped) == sorted(
+        pathlib.Path(p).name for p in skipped)
 
 
 def test_folder_labels_match_tfds_imagenette(imagenette_dir):
@@ -116,10 +123,10 @@ def test_folder_labels_match_tfds_imagenette(imagenette_dir):
   assert folder.label_names(_config(imagenette_dir)) == tuple(names)
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("image_dtype", ["float32", "bfloat16"])
 def test_train_batches_shapes_dtypes_ranges_and_labels(tiny_folder, cache, image_dtype):
-  dataset = Dataset(_config(tiny_folder, cache=cache, image_dtype=image_dtype))
+  dataset = Dataset(_config(tiny_folder, **CACHES[cache], image_dtype=image_dtype))
   batches = _take(dataset.train_batches(global_batch_size=6, seed=0), 4)
   for batch in batches:
     assert set(batch) == {"image", "label"}
@@ -134,9 +141,9 @@ def test_train_batches_shapes_dtypes_ranges_and_labels(tiny_folder, cache, image
   assert np.bincount(labels, minlength=3).tolist() == [3, 3, 3]
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", list(CACHES))
 def test_train_batches_depend_only_on_seed_and_step(tiny_folder, cache):
-  dataset = Dataset(_config(tiny_folder, cache=cache))
+  dataset = Dataset(_config(tiny_folder, **CACHES[cache]))
   uninterrupted = _take(dataset.train_batches(global_batch_size=4, seed=7), 6)
   resumed = _take(dataset.train_batches(global_batch_size=4, seed=7, start_step=3), 3)
   for a, b in zip(uninterrupted[3:], resumed):
@@ -155,9 +162,9 @@ def test_resume_far_ahead_decodes_nothing_skipped(tiny_folder):
   assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", list(CACHES))
 def test_process_slices_make_up_the_global_batch(tiny_folder, cache):
-  config = _config(tiny_folder, cache=cache)
+  config = _config(tiny_folder, **CACHES[cache])
   whole = _take(Dataset(config, process_index=0, process_count=1).train_batches(
       global_batch_size=6, seed=3, start_step=2), 3)
   halves = [_take(Dataset(config, process_index=p, process_count=2).train_batches(
@@ -188,9 +195,9 @@ def _eval_examples(config, global_batch_size, process_count):
   return np.stack(images), np.array(labels)
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", list(CACHES))
 def test_eval_sees_every_example_once_with_padding(tiny_folder, cache):
-  config = _config(tiny_folder, cache=cache)
+  config = _config(tiny_folder, **CACHES[cache])
   reference_images, reference_labels = _eval_examples(config, 1, 1)
   assert reference_labels.tolist() == [0, 0, 0, 1, 1, 2, 2]
   assert [_class_of(im) for im in reference_images] == reference_labels.tolist()
@@ -248,9 +255,9 @@ def varied_folder(tmp_path_factory) -> pathlib.Path:
   return write_varied_image_folder(tmp_path_factory.mktemp("varied"))
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", list(CACHES))
 def test_images_of_any_size_aspect_and_mode_feed_training_and_eval(varied_folder, cache):
-  config = _config(varied_folder, cache=cache, resolution=48)
+  config = _config(varied_folder, **CACHES[cache], resolution=48)
   dataset = Dataset(config)
   info = dataset.info
   assert (info.num_train_examples, info.num_eval_examples) == (3 * len(VARIED_IMAGES), 6)
@@ -263,7 +270,7 @@ def test_images_of_any_size_aspect_and_mode_feed_training_and_eval(varied_folder
 
 
 def test_cached_images_are_the_decoded_files_whatever_their_sizes(varied_folder):
-  split = folder.load_split(_config(varied_folder, cache=True), "train")
+  split = folder.load_split(_config(varied_folder, **CACHES["decoded"]), "train")
   full = lambda height, width: (0, 0, height, width)
   first_of_each_size = [split.read_window(i, full)[0].numpy() for i in range(len(VARIED_IMAGES))]
   files = sorted((varied_folder / "train" / "ant").iterdir())
@@ -281,7 +288,7 @@ def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied
                                                                           capsys):
   monkeypatch.setattr(decode, "available_memory_bytes", lambda: 10 * 2**20)  # decoded: ~30 MiB
   caplog.set_level(logging.INFO)
-  split = folder.load_split(_config(varied_folder, cache=True), "train")
+  split = folder.load_split(_config(varied_folder, **CACHES["decoded"]), "train")
   assert split.num_examples == 3 * len(VARIED_IMAGES)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1
@@ -293,12 +300,93 @@ def test_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(varied
 
 
 def test_cache_states_its_memory_on_the_console_and_how_to_turn_it_off(varied_folder, capsys):
-  folder.load_split(_config(varied_folder, cache=True), "val")
+  folder.load_split(_config(varied_folder, **CACHES["decoded"]), "val")
   total = sum(h * w * 3 for h, w, _, _ in VARIED_IMAGES[:2]) * 3
   lines = [line for line in capsys.readouterr().out.splitlines() if "decoded into" in line]
   assert len(lines) == 1
   assert f"6 images decoded into {total / 2**20:.1f} MiB of memory" in lines[0]
-  assert lines[0].endswith("(--config.data.cache=False reads them from their files instead)")
+  assert "--config.data.cache_decoded=False keeps their encoded files instead" in lines[0]
+  assert lines[0].endswith("--config.data.cache=False reads them from their files instead)")
+
+
+def test_encoded_cache_states_the_bytes_it_holds_on_the_console(varied_folder, capsys):
+  folder.load_split(_config(varied_folder), "val")  # the default: data.cache=True
+  files = sum(path.stat().st_size for path in (varied_folder / "val").rglob("*.*"))
+  lines = [line for line in capsys.readouterr().out.splitlines() if "images kept" in line]
+  assert len(lines) == 1
+  assert lines[0].startswith(f"{varied_folder / 'val'}: 6 images kept in memory as their encoded "
+                             f"files, {files / 2**20:.1f} MiB, read in ")
+  assert "each crop is decoded into pixels as it is read" in lines[0]
+  assert "--config.data.cache_decoded=True holds their decoded pixels instead" in lines[0]
+  assert lines[0].endswith("--config.data.cache=False reads them from their files)")
+
+
+def test_encoded_cache_that_would_not_fit_in_memory_streams_instead_with_one_line(
+    varied_folder, monkeypatch, caplog, capsys):
+  monkeypatch.setattr(decode, "available_memory_bytes", lambda: 2**20)
+  caplog.set_level(logging.INFO)
+  split = folder.load_split(_config(varied_folder), "train")
+  assert split.num_examples == 3 * len(VARIED_IMAGES)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "keeping the encoded images needs" in warnings[0]
+  assert "more than 50% of the 1.0 MiB of memory available" in warnings[0]
+  assert "images kept" not in capsys.readouterr().out
+
+
+def _batches(config, *, seed, start_step, num_batches, global_batch_size=8):
+  dataset = Dataset(config)
+  train = _take(dataset.train_batches(global_batch_size=global_batch_size, seed=seed,
+                                      start_step=start_step), num_batches)
+  return train, list(dataset.eval_batches(global_batch_size=global_batch_size))
+
+
+def _assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert set(a) == set(b)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+      assert a[key].dtype == b[key].dtype
+
+
+@pytest.mark.parametrize("image_dtype", ["float32", "bfloat16"])
+def test_encoded_cache_gives_the_uncached_batches_bit_for_bit(varied_folder, image_dtype):
+  """The default cache holds the files' bytes and decodes each crop window with the uncached
+  path's decode_window, from the same bytes: the same batches, bit for bit, for a fixed seed
+  and step, on JPEGs and PNGs of every size and mode (crops at the 1200x1600 JPEG's chroma
+  boundaries included, where a crop of the fully decoded image can differ by a few levels)."""
+  settings = dict(resolution=48, image_dtype=image_dtype)
+  encoded = _batches(_config(varied_folder, **CACHES["encoded"], **settings),
+                     seed=5, start_step=7, num_batches=6)
+  uncached = _batches(_config(varied_folder, **CACHES["none"], **settings),
+                      seed=5, start_step=7, num_batches=6)
+  for cached_batches, reference in zip(encoded, uncached):
+    _assert_same_batches(cached_batches, reference)
+  # Resumed at step 7 or reached from step 0: still the same batches.
+  from_start = _batches(_config(varied_folder, **CACHES["encoded"], **settings),
+                        seed=5, start_step=0, num_batches=13)[0][7:]
+  _assert_same_batches(from_start, uncached[0])
+
+
+def test_encoded_cache_reads_the_bytes_once_and_never_the_files_again(varied_folder, tmp_path):
+  import shutil
+  root = shutil.copytree(varied_folder, tmp_path / "copy")
+  dataset = Dataset(_config(root, resolution=48))
+  reference = _take(dataset.train_batches(global_batch_size=8, seed=0), 4)
+  shutil.rmtree(root / "train")  # what the cache holds, it holds
+  batches = _take(dataset.train_batches(global_batch_size=8, seed=0), 4)
+  _assert_same_batches(batches, reference)
+
+
+def test_config_saved_before_cache_decoded_existed_loads_with_the_encoded_cache():
+  from mobilenet import defaults, protocol
+  config = defaults.from_saved({"data": {"cache": True, "folder": "/x"}})
+  assert config.data.cache is True and config.data.cache_decoded is False
+  assert splits.cache_kind(config.data) == "encoded"
+  assert splits.cache_kind(defaults.from_saved({"data": {"cache": False}}).data) is None
+  assert splits.cache_kind(defaults.from_saved(
+      {"data": {"cache": True, "cache_decoded": True}}).data) == "decoded"
+  assert "data.cache_decoded" in protocol.BOOKKEEPING_FIELDS  # a run's results do not depend on it
 
 
 def test_class_missing_from_eval_split_names_the_path(tmp_path):
@@ -387,10 +475,10 @@ def test_tfds_info_has_the_dataset_label_names(mock_tfds):
   assert (info.num_train_examples, info.num_eval_examples) == (NUM_MOCK_EXAMPLES, NUM_MOCK_EXAMPLES)
 
 
-@pytest.mark.parametrize("access", ["cache", "stream", "random_access"])
+@pytest.mark.parametrize("access", ["cache", "decoded_cache", "stream", "random_access"])
 def test_tfds_train_batches_are_resumable_and_split_over_processes(mock_tfds, monkeypatch, access):
   monkeypatch.setattr(tfds_source, "has_random_access", lambda builder: access == "random_access")
-  config = _tfds_config(cache=access == "cache")
+  config = _tfds_config(cache=access.endswith("cache"), cache_decoded=access == "decoded_cache")
   whole = _take(Dataset(config).train_batches(global_batch_size=4, seed=1), 6)
   for batch in whole:
     assert batch["image"].shape == (4, RESOLUTION, RESOLUTION, 3)
@@ -404,10 +492,10 @@ def test_tfds_train_batches_are_resumable_and_split_over_processes(mock_tfds, mo
     np.testing.assert_array_equal(a["label"][2:], b["label"])
 
 
-@pytest.mark.parametrize("access", ["cache", "stream", "random_access"])
+@pytest.mark.parametrize("access", ["cache", "decoded_cache", "stream", "random_access"])
 def test_tfds_eval_sees_every_example_once(mock_tfds, monkeypatch, access):
   monkeypatch.setattr(tfds_source, "has_random_access", lambda builder: access == "random_access")
-  config = _tfds_config(cache=access == "cache")
+  config = _tfds_config(cache=access.endswith("cache"), cache_decoded=access == "decoded_cache")
   reference_images, reference_labels = _eval_examples(config, 1, 1)
   assert len(reference_labels) == NUM_MOCK_EXAMPLES
   images, labels = _eval_examples(config, 4, 2)
@@ -433,7 +521,7 @@ def _encoded(image, fmt) -> bytes:
   return buffer.getvalue()
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", list(CACHES))
 def test_tfds_images_of_any_size_feed_training_and_eval(monkeypatch, cache):
   tfds = pytest.importorskip("tensorflow_datasets")
   import tensorflow as tf
@@ -450,7 +538,7 @@ def test_tfds_images_of_any_size_feed_training_and_eval(monkeypatch, cache):
   monkeypatch.setattr(tfds_source, "has_random_access", lambda builder: False)
   monkeypatch.setattr(tfds_source, "count_examples", lambda *args: len(records))
   with tfds.testing.mock_data(num_examples=len(records), as_dataset_fn=as_dataset):
-    config = _tfds_config(cache=cache)
+    config = _tfds_config(**CACHES[cache])
     dataset = Dataset(config)
     assert dataset.info.num_train_examples == len(records)
     for batch in _take(dataset.train_batches(global_batch_size=4, seed=0), 3):
@@ -503,5 +591,5 @@ def test_pipeline_benchmark_reports_the_load_and_the_steady_state(tiny_folder):
                                      warmup_batches=1, print_fn=lines.append)
   assert set(figures) == {"load_images_per_s", "images_per_s", "cpu_ms_per_image"}
   assert all(value > 0 for value in figures.values())
-  assert lines[0].startswith("loaded 9 train images (decoded into memory) in ")
+  assert lines[0].startswith("loaded 9 train images (kept encoded in memory) in ")
   assert lines[1].startswith(f"train pipeline, {RESOLUTION} px, batch 3, float32: ")

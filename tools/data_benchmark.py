@@ -1,5 +1,6 @@
-"""Images/s of the train input pipeline: the one-off load of the train split (the decode into
-memory with data.cache, else the check of every file), then the steady state.
+"""Images/s of the train input pipeline: the one-off load of the train split (with data.cache,
+its files read into memory, or decoded into it with data.cache_decoded; else the check of every
+file), then the steady state.
 
     python -m tools.data_benchmark --config=configs/dws.py [--resolution 128] [--batches 200]
         [--batch_size 64]
@@ -10,7 +11,7 @@ import time
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 
-from mobilenet.input import Dataset
+from mobilenet.input import Dataset, splits
 
 FLAGS = flags.FLAGS
 
@@ -25,7 +26,8 @@ def benchmark(data_config, *, global_batch_size: int, num_batches: int, seed: in
   load_cpu_seconds = time.process_time() - start_cpu
   num_images = dataset.info.num_train_examples  # also loads the eval split, as training does
   load_cpu_ms = load_cpu_seconds * 1000 / num_images
-  what = "decoded into memory" if data_config.cache else "checked"
+  what = {"encoded": "kept encoded in memory", "decoded": "decoded into memory",
+          None: "checked"}[splits.cache_kind(data_config)]
   print_fn(f"loaded {num_images} train images ({what}) in {load_seconds:.1f} s: "
            f"{num_images / load_seconds:.0f} images/s; {load_cpu_ms:.2f} CPU ms per image")
   start = time.perf_counter()
