@@ -593,3 +593,13 @@ def test_pipeline_benchmark_reports_the_load_and_the_steady_state(tiny_folder):
   assert all(value > 0 for value in figures.values())
   assert lines[0].startswith("loaded 9 train images (kept encoded in memory) in ")
   assert lines[1].startswith(f"train pipeline, {RESOLUTION} px, batch 3, float32: ")
+
+
+def test_pipeline_benchmark_compares_the_caches_in_alternating_rounds(tiny_folder):
+  lines = []
+  figures = data_benchmark.compare_caches(_config(tiny_folder), global_batch_size=3,
+                                          num_batches=2, rounds=2, warmup_batches=1,
+                                          print_fn=lines.append)
+  assert set(figures) == {"encoded", "decoded", "none"} and len(lines) == 3
+  assert figures["decoded"]["cpu_ratio_to_decoded"] == 1.0
+  assert all(len(figure["cpu_ms_rounds"]) == 2 for figure in figures.values())

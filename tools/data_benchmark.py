@@ -3,8 +3,13 @@ its files read into memory, or decoded into it with data.cache_decoded; else the
 file), then the steady state.
 
     python -m tools.data_benchmark --config=configs/dws.py [--resolution 128] [--batches 200]
-        [--batch_size 64]
+        [--batch_size 64] [--compare_caches --rounds 5]
+
+--compare_caches times the steady state of the three data.cache settings (encoded files, decoded
+pixels, none) in one process, in alternating rounds, so that a loaded machine slows them alike:
+compare their ratios, not their images/s across machines or runs.
 """
+import copy
 import os
 import time
 
@@ -50,6 +55,49 @@ def benchmark(data_config, *, global_batch_size: int, num_batches: int, seed: in
           "cpu_ms_per_image": cpu_ms_per_image}
 
 
+CACHE_SETTINGS = {"encoded": dict(cache=True, cache_decoded=False),
+                  "decoded": dict(cache=True, cache_decoded=True), "none": dict(cache=False)}
+
+
+def compare_caches(data_config, *, global_batch_size: int, num_batches: int, rounds: int,
+                   seed: int = 0, warmup_batches: int = 10,
+                   print_fn=print) -> dict[str, dict[str, float]]:
+  """Steady-state CPU ms and wall ms per image of each cache setting, timed in alternating
+  rounds of `num_batches` batches in one process; the median round of each, and its ratio to
+  the decoded cache's."""
+  iterators = {}
+  for name, settings in CACHE_SETTINGS.items():
+    config = copy.deepcopy(data_config)
+    config.update(settings)
+    iterators[name] = Dataset(config).train_batches(global_batch_size=global_batch_size, seed=seed)
+    for _ in range(warmup_batches):
+      next(iterators[name])
+  cpu_ms, wall_ms = {name: [] for name in iterators}, {name: [] for name in iterators}
+  images = num_batches * global_batch_size
+  for round_index in range(rounds):
+    order = list(iterators) if round_index % 2 == 0 else list(reversed(iterators))
+    for name in order:
+      start, start_cpu = time.perf_counter(), time.process_time()
+      for _ in range(num_batches):
+        next(iterators[name])
+      wall_ms[name].append((time.perf_counter() - start) * 1000 / images)
+      cpu_ms[name].append((time.process_time() - start_cpu) * 1000 / images)
+  median = lambda values: sorted(values)[len(values) // 2]
+  figures = {name: {"cpu_ms_per_image": median(cpu_ms[name]),
+                    "wall_ms_per_image": median(wall_ms[name]),
+                    "cpu_ms_rounds": [round(v, 3) for v in cpu_ms[name]],
+                    "wall_ms_rounds": [round(v, 3) for v in wall_ms[name]]} for name in iterators}
+  for name, figure in figures.items():
+    figure["cpu_ratio_to_decoded"] = figure["cpu_ms_per_image"] / figures["decoded"]["cpu_ms_per_image"]
+    figure["wall_ratio_to_decoded"] = figure["wall_ms_per_image"] / figures["decoded"]["wall_ms_per_image"]
+    print_fn(f"{name:8s} {figure['cpu_ms_per_image']:.3f} CPU ms/image "
+             f"({figure['cpu_ratio_to_decoded']:.2f}x decoded), "
+             f"{figure['wall_ms_per_image']:.3f} wall ms/image "
+             f"({figure['wall_ratio_to_decoded']:.2f}x decoded); median of {rounds} rounds of "
+             f"{num_batches} batches of {global_batch_size}, {data_config.resolution} px")
+  return figures
+
+
 def main(argv):
   del argv
   config = FLAGS.config
@@ -59,8 +107,14 @@ def main(argv):
   batch_size = FLAGS.batch_size or config.train.global_batch_size
   source = data_config.folder if data_config.source == "folder" else data_config.tfds_name
   print(f"source: {data_config.source} {source}, cache={data_config.cache}, "
+        f"cache_decoded={data_config.cache_decoded}, "
         f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
-  benchmark(data_config, global_batch_size=batch_size, num_batches=FLAGS.batches, seed=config.seed)
+  if FLAGS.compare_caches:
+    compare_caches(data_config, global_batch_size=batch_size, num_batches=FLAGS.batches,
+                   rounds=FLAGS.rounds, seed=config.seed)
+  else:
+    benchmark(data_config, global_batch_size=batch_size, num_batches=FLAGS.batches,
+              seed=config.seed)
   print(f"load average afterwards {os.getloadavg()[0]:.2f}")
 
 
@@ -71,4 +125,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("resolution", 0, "Overrides config.data.resolution.")
   flags.DEFINE_integer("batches", 200, "Batches to time after the warm-up.")
   flags.DEFINE_integer("batch_size", 0, "Global batch size; default config.train.global_batch_size.")
+  flags.DEFINE_bool("compare_caches", False, "Time the three data.cache settings in alternating rounds.")
+  flags.DEFINE_integer("rounds", 5, "Rounds of --compare_caches.")
   cli.run(main)
