@@ -48,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       global_batch_size=32,     # across all devices and processes
-      eval_batch_size=256,
+      eval_batch_size=64,       # evaluation holds its activations at the peak: 64 keeps a run under 3 GB
       num_epochs=20.0,
       init_from="",             # a workdir (a run or an import) whose weights start this run
       log_every_steps=20,

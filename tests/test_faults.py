@@ -597,7 +597,7 @@ def test_rerunning_a_finished_run_says_where_its_results_are_and_changes_nothing
   *before_it, last = result.stdout.strip().splitlines()  # the data cache's line may come first
   assert last == (
       f"This run is finished (step 6 of 6); its results are in {workdir / 'eval_results.json'}")
-  assert all("decoded into" in line for line in before_it), before_it
+  assert all(" in memory" in line for line in before_it), before_it
   assert _files(workdir) == before  # no evaluation, no metrics line, no rewritten config
 
 

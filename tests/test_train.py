@@ -271,7 +271,7 @@ def test_resuming_under_other_settings_is_refused_in_one_line_and_changes_nothin
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith(f"error: {workdir} holds a run started with {field}="), message
   assert "use another --workdir" in message and str(workdir / "config.json") in message
-  assert "decoded into" not in result.stdout  # refused before any data is read
+  assert " in memory" not in result.stdout  # refused before any data is read
   assert _files(workdir) == before
 
 

@@ -22,6 +22,9 @@ import time
 
 from absl import flags
 
+from mobilenet import cli, errors
+from tools import runs
+
 FLAGS = flags.FLAGS
 
 NUM_CLASSES = 10
@@ -112,7 +115,7 @@ def main(argv):
   if command and command[0] == "--":
     command = command[1:]
   if not command:
-    raise SystemExit("usage: python -m tools.memory_benchmark [flags] -- train.py --config=...")
+    raise errors.ConfigError("usage: python -m tools.memory_benchmark [flags] -- train.py --config=...")
   if command[0].endswith(".py"):
     command = [sys.executable, *command]
   if FLAGS.photo_folder:
@@ -128,16 +131,15 @@ def main(argv):
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
   if result["returncode"]:
-    raise SystemExit(f"the command exited {result['returncode']}"
+    raise runs.RunFailed(f"the command exited {result['returncode']}"
                      + (f"; its output is in {FLAGS.log}" if FLAGS.log else ""))
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("photo_folder", "", "Make (once) and train on a folder of 320-px photographs.")
   flags.DEFINE_integer("train_images", 9025, "Train images of --photo_folder.")
   flags.DEFINE_integer("val_images", 3925, "Val images of --photo_folder.")
   flags.DEFINE_string("json", "", "Also write the result here.")
   flags.DEFINE_string("log", "", "The command's output goes here (default: discarded).")
   flags.DEFINE_string("trace", "", "Every sample, as lines '<seconds> <GiB>', goes here.")
-  app.run(main)
+  cli.run(main, takes_arguments=True)
