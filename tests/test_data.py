@@ -316,7 +316,7 @@ def test_encoded_cache_states_the_bytes_it_holds_on_the_console(varied_folder, c
   assert len(lines) == 1
   assert lines[0].startswith(f"{varied_folder / 'val'}: 6 images kept in memory as their encoded "
                              f"files, {files / 2**20:.1f} MiB, read in ")
-  assert "each crop is decoded into pixels as it is read" in lines[0]
+  assert "each image is decoded as it is read" in lines[0]
   assert "--config.data.cache_decoded=True holds their decoded pixels instead" in lines[0]
   assert lines[0].endswith("--config.data.cache=False reads them from their files)")
 
@@ -350,15 +350,15 @@ def _assert_same_batches(first, second):
 
 
 @pytest.mark.parametrize("image_dtype", ["float32", "bfloat16"])
-def test_encoded_cache_gives_the_uncached_batches_bit_for_bit(varied_folder, image_dtype):
-  """The default cache holds the files' bytes and decodes each crop window with the uncached
-  path's decode_window, from the same bytes: the same batches, bit for bit, for a fixed seed
-  and step, on JPEGs and PNGs of every size and mode (crops at the 1200x1600 JPEG's chroma
-  boundaries included, where a crop of the fully decoded image can differ by a few levels)."""
+def test_encoded_cache_gives_the_decoded_caches_batches_bit_for_bit(varied_folder, image_dtype):
+  """The default cache holds the files' bytes and decodes each image whole, then crops: the
+  decoded cache's batches (what runs trained on before), bit for bit, for a fixed seed and step,
+  on JPEGs and PNGs of every size and mode (crops at the 1200x1600 JPEG's chroma boundaries
+  included, where decoding only the window differs by a few levels)."""
   settings = dict(resolution=48, image_dtype=image_dtype)
   encoded = _batches(_config(varied_folder, **CACHES["encoded"], **settings),
                      seed=5, start_step=7, num_batches=6)
-  uncached = _batches(_config(varied_folder, **CACHES["none"], **settings),
+  uncached = _batches(_config(varied_folder, **CACHES["decoded"], **settings),
                       seed=5, start_step=7, num_batches=6)
   for cached_batches, reference in zip(encoded, uncached):
     _assert_same_batches(cached_batches, reference)

@@ -39,6 +39,18 @@ def decode_window(contents: tf.Tensor, window_fn) -> tf.Tensor:
   return image
 
 
+def crop_of_whole_image(contents: tf.Tensor, window_fn) -> tf.Tensor:
+  """The window of the whole decoded image: the decoded cache's pixels, bit for bit. (A JPEG
+  decoded only in its window, as decode_window does, differs by a few levels at the window's
+  edges, which would change what a run of the default config trains on.)"""
+  image = _decode_full(contents)
+  shape = tf.shape(image)
+  y, x, h, w = window_fn(shape[0], shape[1])
+  image = image[y:y + h, x:x + w]
+  image.set_shape([None, None, 3])
+  return image
+
+
 def _decode_full(contents: tf.Tensor) -> tf.Tensor:
   """The whole image as RGB uint8: grayscale is replicated, alpha dropped."""
   return tf.io.decode_image(contents, channels=3, expand_animations=False)
@@ -179,8 +191,8 @@ def encode_all(examples: tf.data.Dataset, description: str, on_too_large: Callab
   """Keeps the encoded bytes of every readable image of (index, contents, label) in memory.
 
   The same check as check_all decides which files are readable, so the kept examples are the
-  uncached path's and each crop, decoded by decode_window from the same bytes, is bit for bit
-  the uncached path's. When `expected_bytes` (the files' sizes) would not fit in the memory
+  decoded cache's, and each crop, cut from the image decoded whole (crop_of_whole_image), is
+  bit for bit the decoded cache's. When `expected_bytes` (the files' sizes) would not fit in the memory
   available, `on_too_large(message)` decides (stream instead: returns None).
   """
   available = available_memory_bytes()
@@ -202,7 +214,7 @@ def encode_all(examples: tf.data.Dataset, description: str, on_too_large: Callab
   labels = np.concatenate(labels).astype(np.int32) if labels else np.zeros([0], np.int32)
   metrics.console(f"{description}: {len(kept)} images kept in memory as their encoded files, "
                   f"{_format_bytes(num_bytes)}, read in {time.perf_counter() - start:.1f} s; "
-                  "each crop is decoded into pixels as it is read "
+                  "each image is decoded as it is read "
                   "(--config.data.cache_decoded=True holds their decoded pixels instead, several times "
                   "the memory; --config.data.cache=False reads them from their files)")
   return Encoded(kept, labels, contents, num_bytes)

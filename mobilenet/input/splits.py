@@ -28,8 +28,8 @@ class Split:
 
 
 def cache_kind(data_config) -> Optional[str]:
-  """"encoded" (data.cache, the default: the files' bytes, each crop decoded as it is read, as
-  without a cache), "decoded" (data.cache and data.cache_decoded: the images' pixels, several
+  """"encoded" (data.cache, the default: the files' bytes, each image decoded as it is read into
+  the decoded cache's pixels), "decoded" (data.cache and data.cache_decoded: the images' pixels, several
   times the memory) or None (data.cache=False: the files are read at every epoch)."""
   if not data_config.cache:
     return None
@@ -63,11 +63,15 @@ def from_encoded(description: str, fetch: Callable, num_examples: int, skipped=(
 
 
 def from_encoded_in_memory(description: str, encoded: decode.Encoded, skipped=()) -> Split:
-  """Crops decoded from the files' bytes held in memory: the uncached path's crops, bit for bit."""
+  """Crops of the images decoded whole from the files' bytes held in memory: the decoded
+  cache's crops, bit for bit, in a fraction of its memory."""
   contents = encoded.contents
   labels = tf.constant(encoded.labels, tf.int32)
-  return from_encoded(description, lambda i: (contents[i], labels[i]), len(encoded.labels),
-                      skipped)
+
+  def read_window(index, window_fn):
+    return decode.crop_of_whole_image(contents[index], window_fn), labels[index]
+
+  return Split(description, len(encoded.labels), tuple(skipped), read_window=read_window)
 
 
 def report_skipped(description: str, names: list[str], reason_of: Callable[[int], str],
