@@ -74,6 +74,15 @@ def _shapes(tree) -> dict:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _is_orbax_thread(thread: threading.Thread) -> bool:
+  """Orbax's own threads: of its classes, or running its functions. (Other libraries' idle
+  workers, a thread pool of tensorflow-datasets say, never end: joining them would wait out the
+  whole timeout.)"""
+  target = getattr(thread, "_target", None)
+  return any(getattr(owner, "__module__", "").startswith("orbax")
+             for owner in (type(thread), target, getattr(target, "__func__", None)))
+
+
 def _join_background_threads(timeout_s: float = 60.0) -> None:
   """Lets orbax's writer threads end, so that what they log comes before the caller's message.
 
@@ -81,7 +90,8 @@ def _join_background_threads(timeout_s: float = 60.0) -> None:
   thread already logged (or raises TimeoutError), which would replace the caller's."""
   deadline = time.monotonic() + timeout_s
   for thread in threading.enumerate():
-    if thread is not threading.current_thread() and not thread.daemon:
+    if (thread is not threading.current_thread() and not thread.daemon
+        and _is_orbax_thread(thread)):
       threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 

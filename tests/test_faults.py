@@ -405,6 +405,8 @@ class ArrayWriter(threading.Thread):
     super().join(timeout)
     raise self.error
 
+ArrayWriter.__module__ = "orbax.checkpoint._src.futures.future"  # it stands for orbax's thread
+
 async def write_one_more_array():
   raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
 
