@@ -52,14 +52,14 @@ def test_squashing_stretches_rather_than_crops():
 
 
 def test_a_missing_protocol_folder_names_the_command_that_makes_it(tmp_path):
-  from configs import dws
+  from configs import base, dws
   config = dws.get_config()
   config.data.folder = str(tmp_path / "shared" / "data" / "imagenette2-224")
   with pytest.raises(errors.ConfigError) as error:
-    cli.check_config(config)
+    cli.check_config(config, check_first=base.check_protocol_folder)
   assert str(error.value).startswith(f"config.data.folder: no such directory: "
                                      f"{config.data.folder}; make it with `python -m "
                                      f"tools.prepare_imagenette --out={config.data.folder}`")
   config.data.folder = str(tmp_path / "dogs")  # any other folder: the plain message
   with pytest.raises(errors.ConfigError, match=r"no such directory: \S+dogs$"):
-    cli.check_config(config)
+    cli.check_config(config, check_first=base.check_protocol_folder)
