@@ -12,6 +12,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -31,9 +32,28 @@ def kill() -> None:
   os.kill(os.getpid(), signal.SIGKILL)
 
 
+def saves_committed(workdir: str, timeout_s: float = 120.0) -> None:
+  """Waits until no checkpoint is still being written (orbax renames a finished one from its
+  temporary name): a kill in a step then follows the event the tests expect, the commit of
+  the checkpoint saved before it, however loaded the machine."""
+  folder = pathlib.Path(workdir) / "checkpoints"
+  deadline = time.monotonic() + timeout_s
+  while (folder.is_dir() and any("tmp" in path.name for path in folder.iterdir())
+         and time.monotonic() < deadline):
+    time.sleep(0.05)
+
+
+def workdir_flag() -> str:
+  return next(arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--workdir="))
+
+
 def fault(point: str, step: int) -> trainer.Hooks:
   if point == "train":
-    return trainer.Hooks(step_done=lambda done: kill() if done == step else None)
+    def in_step(done):
+      if done == step:
+        saves_committed(workdir_flag())
+        kill()
+    return trainer.Hooks(step_done=in_step)
   if point == "eval":
     return trainer.Hooks(eval_batch_done=lambda at: kill() if at == step else None)
   if point == "save":
