@@ -47,6 +47,15 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def load_average() -> list[float]:
+  """The 1, 5 and 15-minute load averages (empty where the OS has none): benchmarks record them
+  so that a figure measured beside other work shows it."""
+  try:
+    return [round(value, 2) for value in os.getloadavg()]
+  except OSError:
+    return []
+
+
 def cores_description() -> str:
   """`2 cores`, or `1 of 2 cores` for a process pinned to some of them."""
   usable, total = usable_cores(), os.cpu_count()

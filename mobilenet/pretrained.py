@@ -25,10 +25,6 @@ _SLIM_AUXILIARY = re.compile(r"(^global_step$|/ExponentialMovingAverage$|/RMSPro
 DEFAULT_RESOLUTION = 224
 
 
-def _conv_layers(alpha: float, num_classes: int) -> list[model.Layer]:
-  return model.architecture("dws", alpha, num_classes)
-
-
 def imported_config(*, alpha: float, resolution: int, num_classes: int, bn_epsilon: float,
                     origin: str) -> ml_collections.ConfigDict:
   """The config of imported weights: MobileNet with ReLU6 at `resolution`, evaluated as the
@@ -122,7 +118,7 @@ def from_keras(keras_model, *, origin: str | None = None) -> tuple[ml_collection
   config = imported_config(alpha=alpha, resolution=resolution, num_classes=num_classes,
                            bn_epsilon=epsilons.pop(), origin=origin)
   arrays, used = {}, set()
-  for layer in _conv_layers(alpha, num_classes):
+  for layer in model.architecture("dws", alpha, num_classes):
     name = _keras_name(layer)
     conv = weights.get(name, {})
     used.add(name)
@@ -256,7 +252,7 @@ def from_slim_checkpoint(path: str, *, resolution: int = DEFAULT_RESOLUTION,
   num_classes = shapes.get(f"{logits}/weights", [0])[-1]
   dropped = 1 if num_classes == imagenet.WITH_BACKGROUND and not keep_background else 0
   arrays, used = {}, set()
-  for layer in _conv_layers(alpha, num_classes - dropped):
+  for layer in model.architecture("dws", alpha, num_classes - dropped):
     scope = _slim_name(layer)
     if layer.name == "classifier":
       kernel, bias = read(f"{scope}/weights"), read(f"{scope}/biases")

@@ -10,6 +10,7 @@ import pytest
 
 from configs import base
 from mobilenet import costs, model
+from tools import costs as costs_tool
 
 # (variant, alpha, resolution) -> (million mult-adds, million parameters) as printed in the paper.
 PAPER_ROWS = {
@@ -147,10 +148,10 @@ def test_cli_json_reports_integers_and_per_layer_rows():
   assert sum(layer["mult_adds"] for layer in report["layers"]) == report["mult_adds"]
 
 
-def test_cli_prints_a_human_table_by_default():
-  result = _run_costs_cli("--variant", "conv", "--num_classes", "10")
-  assert result.returncode == 0
-  assert "block_13_conv" in result.stdout and "Conv 3x3" in result.stdout
+def test_cli_prints_a_human_table_by_default(capsys):
+  assert costs_tool.TOOL.call(["--variant", "conv", "--num_classes", "10"]) == 0
+  printed = capsys.readouterr().out
+  assert "block_13_conv" in printed and "Conv 3x3" in printed
 
 
 @pytest.mark.parametrize("args,field", [
@@ -160,9 +161,8 @@ def test_cli_prints_a_human_table_by_default():
     (["--variant", "resnet"], "variant"),
     (["--num_classes", "0"], "num_classes"),
 ])
-def test_cli_rejects_bad_arguments_with_one_line(args, field):
-  result = _run_costs_cli(*args)
-  assert result.returncode != 0
-  assert field in result.stderr
-  assert "Traceback" not in result.stderr
-  assert len(result.stderr.strip().splitlines()) == 1
+def test_cli_rejects_bad_arguments_with_one_line(args, field, capsys):
+  assert costs_tool.TOOL.call(args) != 0
+  error = capsys.readouterr().err
+  assert field in error and "Traceback" not in error
+  assert len(error.strip().splitlines()) == 1

@@ -337,40 +337,14 @@ def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
     assert len(groups) == 27 and max(groups) > 1
 
 
-SHARDED_KERNEL_SCRIPT = r"""
-import sys
-import jax, numpy as np
-from configs import dws
-from mobilenet import cpu_kernels, devices, steps
-assert jax.device_count() == 8, jax.devices()
-if not cpu_kernels.depthwise_available():
-  sys.exit(77)
-config = dws.get_config("alpha=0.25,resolution=32,batch=16")
-config.model.num_classes = 3
-training = steps.build(config, devices.device_mesh(), steps_per_epoch=1, total_steps=1)
-state = training.init()
-batch = training.evaluation.global_batch({"image": np.zeros((16, 32, 32, 3), np.float32),
-                                          "label": np.zeros(16, np.int32)})
-print(training.train.lower(state, batch).compile().as_text())
-"""
-
-
-def test_compiled_kernel_stays_batch_parallel_on_a_multi_device_mesh(tmp_path):
+def test_compiled_kernel_stays_batch_parallel_on_a_multi_device_mesh(eight_device_step):
   """On 8 CPU devices the train step runs the FFI kernel on each device's slice of the batch:
-  no all-gather (of activations or anything else) and no resharding of the batch; the kernel
+  no all-gather (of activations or anything else) and no resharding of the batch (a
+  collective-permute, slow and able to deadlock XLA:CPU's in-process collectives); the kernel
   gradient is summed by the all-reduce that sums every other gradient."""
-  import os
-  import subprocess
-  import sys
-  from tests.conftest import PROJECT_ROOT
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", SHARDED_KERNEL_SCRIPT], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, env=env, timeout=600)
-  if result.returncode == 77:
+  if not eight_device_step.kernel:
     pytest.skip("the compiled CPU depthwise kernel did not build here")
-  assert result.returncode == 0, result.stderr[-5000:]
-  compiled = result.stdout
+  compiled = eight_device_step.compiled
   forward_calls = compiled.count(f'custom_call_target="{cpu_kernels.FORWARD_TARGET}"')
   backward_calls = compiled.count(f'custom_call_target="{cpu_kernels.BACKWARD_TARGET}"')
   assert forward_calls >= 13 and backward_calls >= 13, (forward_calls, backward_calls)

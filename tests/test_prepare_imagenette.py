@@ -1,6 +1,4 @@
 """tools.prepare_imagenette: the protocol's folder from tfds' download (faked by mock_data)."""
-import pathlib
-
 import numpy as np
 import pytest
 from PIL import Image

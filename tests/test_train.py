@@ -5,7 +5,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 from tests.conftest import (PROJECT_ROOT, TINY, changes, final_state, leaves,
                             relative_difference, run_script, train_flags,
-                            write_varied_image_folder)
+                            write_image_folder, write_varied_image_folder)
 
 
 
@@ -88,58 +87,14 @@ def _initial_variables(**model_overrides) -> dict:
   return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 
 
-MULTI_DEVICE_SCRIPT = textwrap.dedent("""
-    import sys
-    import jax, numpy as np
-    from configs import dws
-    from mobilenet import devices, steps
-    from tests.conftest import changes
-    assert jax.device_count() == 8, jax.devices()
-    config = dws.get_config("alpha=0.25,resolution=32,batch=16")
-    config.model.num_classes = 3
-    config.model.dropout_rate = 0.0
-    config.optimizer.weight_decay = 0.0  # the update is then the gradient's alone
-    config.optimizer.warmup_epochs = 0.0
-    config.optimizer.schedule = "exponential"  # a constant rate over this one step: 0.1
-    config.optimizer.learning_rate = 0.1 * 256 / 16
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32),
-             "label": rng.integers(0, 3, 16).astype(np.int32)}
-    saved = {}
-    for device_list in (jax.devices()[:1], jax.devices()):
-      training = steps.build(config, devices.device_mesh(device_list), steps_per_epoch=1,
-                             total_steps=1)
-      state = training.init()
-      global_batch = training.evaluation.global_batch(batch)
-      assert len(global_batch["image"].sharding.device_set) == len(device_list)
-      # Data parallel needs all-reduces only; moving slices of the batch between devices
-      # (collective-permutes) is slow and could deadlock XLA:CPU's in-process collectives.
-      compiled = training.train.lower(state, global_batch).compile().as_text()
-      assert "collective-permute" not in compiled, "the batch is resharded inside the step"
-      start = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-      state, metrics = training.train(state, global_batch)
-      end = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-      for key, change in changes(end, start).items():
-        saved[f"{len(device_list)}{key}"] = change
-      saved[f"{len(device_list)}/loss"] = np.asarray(metrics["loss"])
-    np.savez(sys.argv[1], **saved)
-""")
-
-
-def test_eight_devices_give_the_same_loss_and_update_as_one(tmp_path):
+def test_eight_devices_give_the_same_loss_and_update_as_one(eight_device_step):
   """Sharding only reorders float sums: it moves the first update by ~1.4e-5 of its norm (as
   much as swapping in the lax convolutions does) and the BatchNorm statistics by ~1e-6, while a
   batch whose second half repeats the first moves them by 1.7 and 0.12. Later steps are not
   compared: this tiny net (32 px, BatchNorm over 16 values at the end) amplifies rounding step
   after step, and how fast depends on the CPU's kernels."""
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  out = tmp_path / "updates.npz"
-  result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(out)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=600)
-  assert result.returncode == 0, result.stderr[-5000:]
-  saved = np.load(out)
-  runs = {count: {key.split("/", 1)[1]: saved[key] for key in saved.files
+  saved = eight_device_step.updates
+  runs = {count: {key.split("/", 1)[1]: saved[key] for key in saved
                   if key.startswith(f"{count}/")} for count in ("1", "8")}
   np.testing.assert_allclose(runs["8"].pop("loss"), runs["1"].pop("loss"), rtol=1e-4)
   for group in ("params", "batch_stats"):
@@ -228,10 +183,24 @@ def test_default_config_trains_and_evaluates_on_photos_of_mixed_sizes(varied_fol
     assert noise not in result.stderr, result.stderr
 
 
-def test_eval_py_alone_evaluates_a_32_px_run_and_keeps_its_training_fields(tiny_image_folder,
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+  """(image folder, workdir) of a finished one-epoch tiny run, trained once for the module:
+  tests work on copies of the workdir."""
+  root = tmp_path_factory.mktemp("one_epoch")
+  folder = write_image_folder(root / "images")
+  run_script("train.py", *train_flags(folder, root / "run", epochs=1))
+  return folder, root / "run"
+
+
+def _copy_of(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_eval_py_alone_evaluates_a_32_px_run_and_keeps_its_training_fields(one_epoch_run,
                                                                           tmp_path):
-  workdir = tmp_path / "run"
-  run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1))
+  _, finished = one_epoch_run
+  workdir = _copy_of(finished, tmp_path)
   trained = json.loads((workdir / "eval_results.json").read_text())
   (workdir / "eval_results.json").write_text(json.dumps({**trained, "top1": -1.0}))
   run_script("eval.py", f"--workdir={workdir}")  # model, resolution and data from the checkpoint
@@ -255,17 +224,17 @@ def _files(folder: pathlib.Path) -> dict:
     ({"data.folder": "OTHER"}, "dataset"),
 ])
 def test_resuming_under_other_settings_is_refused_in_one_line_and_changes_nothing(
-    tiny_image_folder, tmp_path, change, field):
+    one_epoch_run, tmp_path, change, field):
   """A finished run's workdir, then the same command with one setting changed: a longer schedule,
   another seed or another dataset (a copy of the folder under another name) is another run."""
-  workdir = tmp_path / "run"
-  run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1))
+  folder, finished = one_epoch_run
+  workdir = _copy_of(finished, tmp_path)
   before = _files(workdir)
   if change.get("data.folder") == "OTHER":
     other = tmp_path / "other-dataset"
-    shutil.copytree(tiny_image_folder, other)
+    shutil.copytree(folder, other)
     change = {"data.folder": other}
-  result = run_script("train.py", *train_flags(tiny_image_folder, workdir, epochs=1, **change),
+  result = run_script("train.py", *train_flags(folder, workdir, epochs=1, **change),
                       check=False)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
   message = result.stderr.strip().splitlines()[-1]

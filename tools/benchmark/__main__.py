@@ -16,7 +16,7 @@ from tools.benchmark.measure import check_config, measure, peak_rss_bytes
 from tools.benchmark.models import import_torch, benchmark_config
 from tools.benchmark.op_timings import OPS_SHAPE, jax_op_timings, torch_op_timings
 from tools.benchmark.text import print_lanes, print_text
-from tools.benchmark.timing import load_average
+from mobilenet.devices import load_average
 
 
 config_flags.DEFINE_config_file("config", "configs/dws.py", "Config file (configs/*.py[:args]).")

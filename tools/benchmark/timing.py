@@ -1,5 +1,4 @@
-"""Wall and CPU seconds of repeated calls, and the machine's load around them."""
-import os
+"""Wall and CPU seconds of repeated calls."""
 import statistics
 import time
 from typing import Any, Callable
@@ -31,9 +30,3 @@ def time_op(fn: Callable[[], Any], min_seconds: float = 0.3, max_calls: int = 20
     seconds += timed_calls(fn, 1)
   return 1e3 * statistics.median(seconds)
 
-
-def load_average() -> list[float]:
-  try:
-    return [round(value, 2) for value in os.getloadavg()]
-  except OSError:
-    return []

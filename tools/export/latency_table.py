@@ -15,7 +15,7 @@ from configs import base, experiments
 from mobilenet import costs, devices
 from tools.export.conversion import check_graph, convert, inference_fn
 from tools.export.timing import Runner, cpu_description, latency_summary, litert_version
-from tools.export.timing import load_average
+from mobilenet.devices import load_average
 from tools.export.trained_run import export_model
 
 

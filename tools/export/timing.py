@@ -1,6 +1,5 @@
 """Running a LiteRT model with the interpreter and XNNPACK, and timing it: batch-1 latency as
 the mobile runtime gives it, and the machine it was measured on."""
-import os
 import statistics
 import time
 from typing import Sequence
@@ -69,10 +68,6 @@ def measure_latency(runner: Runner, image: np.ndarray, *, warmup: int = 10,
 def cpu_description() -> str:
   """The CPU model and the cores this process may use: the machine the figures are of."""
   return f"{devices.cpu_name()}, {devices.cores_description()}"
-
-
-def load_average() -> list[float]:
-  return [round(value, 2) for value in os.getloadavg()]
 
 
 def litert_version() -> str:

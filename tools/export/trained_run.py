@@ -10,7 +10,8 @@ import numpy as np
 from mobilenet import checkpoints, devices, evaluation, model, results
 from mobilenet.input import Dataset
 from tools.export.conversion import EXPORT_IMPLS, check_graph, convert, inference_fn
-from tools.export.timing import Runner, litert_version, cpu_description, load_average
+from mobilenet.devices import load_average
+from tools.export.timing import Runner, litert_version, cpu_description
 from tools.export.timing import measure_latency
 
 
