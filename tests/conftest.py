@@ -17,6 +17,20 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mobi
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# Fixtures that train, export or step once for several tests: each one's tests go to a single
+# pytest-xdist worker, so that the work is done once.
+SHARED_WORK = ("one_epoch_run", "trained_run", "exported", "reference", "tiny_runs",
+               "eight_device_step")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+  for item in items:
+    shared = [name for name in SHARED_WORK if name in getattr(item, "fixturenames", ())]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 def imagenette_path() -> pathlib.Path:
   """Where the shared Imagenette2 folder is: $MOBILENET_IMAGENETTE_DIR or ../shared/data/imagenette2-224."""
   return pathlib.Path(os.environ.get(

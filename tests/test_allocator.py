@@ -98,6 +98,7 @@ SCRIPT = ("import os; from mobilenet import allocator; allocator.use_fast_alloca
           "print(os.getpid(), os.environ.get('LD_PRELOAD', '-'))")
 
 
+@pytest.mark.end_to_end
 @pytest.mark.skipif(allocator.find_library(allocator.LIBRARIES["tcmalloc"]) is None,
                     reason="libtcmalloc_minimal.so.4 is not installed")
 def test_a_real_re_exec_keeps_the_process_and_loads_tcmalloc_once():

@@ -74,6 +74,7 @@ def test_the_torch_twin_decays_the_kernels_our_mask_decays():
   twin.train()
 
 
+@pytest.mark.end_to_end
 def test_a_tiny_run_reports_speed_memory_and_what_it_ran_with():
   environment = {k: v for k, v in os.environ.items() if k != allocator.CHOICE_VARIABLE}
   environment["JAX_PLATFORMS"] = "cpu"
@@ -120,6 +121,7 @@ def test_each_listed_standard_impl_times_a_step_built_with_it_once(monkeypatch):
   assert impls["matmul_grad"]["train_images_per_s"] == results["dws"]["train_images_per_s"]
 
 
+@pytest.mark.end_to_end
 def test_an_unknown_standard_impl_is_one_line_naming_the_flag():
   process = subprocess.run(
       [sys.executable, "-m", "tools.benchmark", "--config=configs/dws.py:alpha=0.25",

@@ -135,6 +135,7 @@ def _run_costs_cli(*args):
                         capture_output=True, text=True, check=False)
 
 
+@pytest.mark.end_to_end
 def test_cli_json_reports_integers_and_per_layer_rows():
   result = _run_costs_cli("--variant", "dws", "--alpha", "0.75", "--resolution", "224", "--json")
   assert result.returncode == 0, result.stderr

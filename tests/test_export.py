@@ -48,6 +48,7 @@ def exported(trained_run):
   return trained_run, result.stdout
 
 
+@pytest.mark.end_to_end
 def test_export_writes_both_models_and_checks_them_against_flax(exported):
   workdir, stdout = exported
   assert (workdir / "export" / "model_fp32.tflite").stat().st_size > 10_000
@@ -59,6 +60,7 @@ def test_export_writes_both_models_and_checks_them_against_flax(exported):
   assert results["litert_check_images"] == 9
 
 
+@pytest.mark.end_to_end
 def test_int8_top1_covers_the_whole_evaluation_split(exported):
   workdir, _ = exported
   results = json.loads((workdir / "eval_results.json").read_text())
@@ -66,6 +68,7 @@ def test_int8_top1_covers_the_whole_evaluation_split(exported):
   assert results["litert_int8_top1"] * 9 == pytest.approx(round(results["litert_int8_top1"] * 9))
 
 
+@pytest.mark.end_to_end
 def test_latency_is_measured_for_each_thread_count_and_merged_keeping_other_keys(exported):
   workdir, _ = exported
   results = json.loads((workdir / "eval_results.json").read_text())
@@ -110,6 +113,7 @@ def test_a_non_builtin_op_is_refused_before_any_interpreter_loads_it():
     conversion.check_graph(converter.convert(), "flex.tflite")
 
 
+@pytest.mark.end_to_end
 def test_the_command_names_a_missing_workdir_in_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "tools.export", f"--workdir={tmp_path / 'nowhere'}"],

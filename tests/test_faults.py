@@ -100,6 +100,7 @@ def _one_line_error(result) -> str:
 # ----------------------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.end_to_end
 def test_runs_killed_in_a_step_a_save_and_an_eval_end_bit_identical(images, reference,
                                                                     tmp_path):
   """SIGKILL at three points, each time rerunning the same command; the last run must end where
@@ -144,6 +145,7 @@ def test_runs_killed_in_a_step_a_save_and_an_eval_end_bit_identical(images, refe
 # ----------------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.end_to_end
 def test_sigterm_saves_a_checkpoint_and_exits_with_a_message(images, tmp_path):
   """Preemption arrives as SIGTERM from outside, in the middle of a long run."""
   workdir = tmp_path / "run"
@@ -178,6 +180,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_a_message(images, tmp_path):
 # ----------------------------------------------------------------------------- non-finite loss
 
 
+@pytest.mark.end_to_end
 def test_divergence_stops_naming_the_step_and_keeps_the_good_checkpoints(images,
                                                                          tmp_path):
   """A learning rate of 1e30, reached over the one-epoch warm-up (saved: a checkpoint every step):
@@ -253,6 +256,7 @@ def _add_bad_and_odd_files(root: pathlib.Path) -> None:
   picture.convert("P").save(root / "val" / "cat" / "palette.png")
 
 
+@pytest.mark.end_to_end
 def test_training_skips_unreadable_files_and_reads_any_channel_layout(tmp_path):
   root = write_image_folder(tmp_path / "images", train_per_class=4)
   _add_bad_and_odd_files(root)
@@ -301,6 +305,7 @@ def _bad_folder(tmp_path, fault):
   raise AssertionError(fault)
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize("fault", ["missing_split", "empty_class_folder",
                                    "class_folder_of_unreadable_files", "extra_class"])
 def test_bad_dataset_stops_before_compiling_naming_the_folder(tmp_path, compilations, fault):
@@ -315,6 +320,7 @@ def test_bad_dataset_stops_before_compiling_naming_the_folder(tmp_path, compilat
   assert compilations()
 
 
+@pytest.mark.end_to_end
 def test_corrupt_file_names_the_file_when_errors_are_asked_for(tmp_path):
   root = write_image_folder(tmp_path / "images")
   _add_bad_and_odd_files(root)
@@ -350,6 +356,7 @@ def test_bad_config_value_is_one_line_naming_the_field(compilations, tmp_path, f
   assert compilations() == []
 
 
+@pytest.mark.end_to_end
 def test_unknown_field_in_train_py_is_one_line_naming_it(images, tmp_path):
   result = run_script("train.py", *train_flags(images, tmp_path / "run"), "--config.train.epochs=3",
                 check=False)
@@ -427,6 +434,7 @@ cli.run(main, takes_arguments=True)
 """
 
 
+@pytest.mark.end_to_end
 def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
   """Orbax writes arrays from several threads; the first failure reaches the main thread while
   others are still writing and log theirs later, joining one re-raises its error, and asyncio
@@ -444,6 +452,7 @@ def test_one_line_error_comes_after_what_background_writers_still_log(tmp_path):
   assert "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.end_to_end
 def test_batch_that_does_not_divide_over_the_devices_fails_before_compiling(images, tmp_path):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu",
          "JAX_LOG_COMPILES": "1"}
@@ -454,6 +463,7 @@ def test_batch_that_does_not_divide_over_the_devices_fails_before_compiling(imag
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.end_to_end
 def test_workdir_of_another_model_is_refused_before_compiling(images, reference, tmp_path,
                                                               compilations):
   workdir = tmp_path / "run"
@@ -472,6 +482,7 @@ def test_workdir_of_another_model_is_refused_before_compiling(images, reference,
   assert _files(workdir) == before
 
 
+@pytest.mark.end_to_end
 def test_a_checkpoint_of_another_optimizer_state_is_refused_naming_the_state_before_compiling(
     images, reference, compilations):
   """Behind the run identity (which refuses optimizer.name itself), the checkpoint's own tree
@@ -487,6 +498,7 @@ def test_a_checkpoint_of_another_optimizer_state_is_refused_naming_the_state_bef
   assert compilations() == []
 
 
+@pytest.mark.end_to_end
 def test_an_error_that_is_not_the_users_keeps_its_traceback(tmp_path):
   """A shape bug raises ValueError too: it must not be mistaken for a mistake in the input."""
   script = tmp_path / "bug.py"
@@ -502,6 +514,7 @@ def test_an_error_that_is_not_the_users_keeps_its_traceback(tmp_path):
   assert "error: shapes" not in result.stderr
 
 
+@pytest.mark.end_to_end
 def test_eval_on_an_empty_workdir_says_to_train_first_and_writes_nothing(images, tmp_path):
   workdir = tmp_path / "empty"
   workdir.mkdir()
@@ -515,6 +528,7 @@ def test_eval_on_an_empty_workdir_says_to_train_first_and_writes_nothing(images,
   assert list(workdir.iterdir()) == []
 
 
+@pytest.mark.end_to_end
 def test_eval_of_a_missing_workdir_or_step_names_it(images, reference, tmp_path, compilations):
   config = _folder_config(images)
   with pytest.raises(FileNotFoundError, match=f"workdir {tmp_path / 'nowhere'} does not exist"):
@@ -562,6 +576,7 @@ def _run_with_mount(mount_options, mountpoint, *args, script="train.py"):
                         check=False)
 
 
+@pytest.mark.end_to_end
 @needs_mount
 @pytest.mark.parametrize("read_only", [".", "checkpoints"])
 def test_read_only_workdir_is_refused_before_loading_anything(images, tmp_path, read_only):
@@ -573,6 +588,7 @@ def test_read_only_workdir_is_refused_before_loading_anything(images, tmp_path, 
   assert "dws alpha=0.25" not in result.stdout  # stopped before the data and the model
 
 
+@pytest.mark.end_to_end
 @needs_mount
 def test_full_disk_stops_the_run_at_the_next_checkpoint_with_one_line(images, tmp_path):
   """2 MB hold the metrics but not one checkpoint of this model (~2.5 MB). Orbax logs its own
@@ -590,6 +606,7 @@ def test_full_disk_stops_the_run_at_the_next_checkpoint_with_one_line(images, tm
 # ----------------------------------------------------------------------------- reruns and starts
 
 
+@pytest.mark.end_to_end
 def test_rerunning_a_finished_run_says_where_its_results_are_and_changes_nothing(
     images, reference, tmp_path):
   workdir = tmp_path / "run"
@@ -706,6 +723,7 @@ def test_library_notices_and_libjpeg_warnings_are_dropped_and_every_other_line_k
     os.close(fd)
 
 
+@pytest.mark.end_to_end
 def test_every_tool_started_with_python_m_is_quiet_and_importing_tools_changes_nothing(
     tmp_path):
   """tools/__init__.py quiets a `python -m tools.<name>` process as train.py is quieted (here

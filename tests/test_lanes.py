@@ -32,6 +32,7 @@ def test_an_unpinned_command_is_left_as_it_is_and_a_pinned_one_names_its_cores()
   assert unpinned(lanes.pinned(["python", "train.py"], (2, 3))) == (["python", "train.py"], (2, 3))
 
 
+@pytest.mark.end_to_end
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="core pinning is Linux's")
 def test_a_pinned_command_runs_on_its_cores_only():
   core = min(os.sched_getaffinity(0))
@@ -132,6 +133,7 @@ def test_a_job_offered_only_after_another_finished_runs_then(four_cores):
   assert jobs.finished == ["first", "second"]
 
 
+@pytest.mark.end_to_end
 def test_the_pin_command_refuses_cores_it_cannot_parse_in_one_line():
   result = subprocess.run([sys.executable, "-m", "tools.lanes", "--cpus=x", "--", "true"],
                           capture_output=True, text=True,

@@ -337,6 +337,7 @@ def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
     assert len(groups) == 27 and max(groups) > 1
 
 
+@pytest.mark.end_to_end
 def test_compiled_kernel_stays_batch_parallel_on_a_multi_device_mesh(eight_device_step):
   """On 8 CPU devices the train step runs the FFI kernel on each device's slice of the batch:
   no all-gather (of activations or anything else) and no resharding of the batch (a

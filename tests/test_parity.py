@@ -190,6 +190,7 @@ def tiny_runs(tmp_path_factory):
   return folder, whole, resumed
 
 
+@pytest.mark.end_to_end
 def test_a_killed_run_resumes_to_what_an_uninterrupted_run_ends_with(tiny_runs, capsys):
   folder, whole, resumed = tiny_runs
   ends = [torch.load(parity.checkpoint_path(str(w)), weights_only=True) for w in (whole, resumed)]
@@ -222,6 +223,7 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_run_ends_with(tiny_runs, 
   assert (resumed / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.end_to_end
 def test_a_sigterm_saves_the_step_it_arrived_at_and_the_run_resumes_to_the_uninterrupted_end(
     tiny_runs, tmp_path):
   folder, whole, _ = tiny_runs
@@ -237,6 +239,7 @@ def test_a_sigterm_saves_the_step_it_arrived_at_and_the_run_resumes_to_the_unint
     assert torch.equal(value, ends[1]["model"][name]), name
 
 
+@pytest.mark.end_to_end
 def test_compare_writes_the_parity_record_and_plot(tiny_runs, tmp_path, capsys):
   _, whole, resumed = tiny_runs
   committed_runs = PROJECT_ROOT / "results" / "untuned_10_epochs" / "runs"

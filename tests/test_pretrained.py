@@ -140,6 +140,7 @@ def rigged_import(workdir, column: int) -> None:
   pretrained.save_workdir(config, variables, str(workdir))
 
 
+@pytest.mark.end_to_end
 def test_imported_imagenet_model_evaluates_on_a_synset_folder_through_its_classes(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   from tests.conftest import run_script, write_image_folder  # pylint: disable=import-outside-toplevel
@@ -154,6 +155,7 @@ def test_imported_imagenet_model_evaluates_on_a_synset_folder_through_its_classe
   assert record["init_from"] == "keras:mobilenet_0.25_32"
 
 
+@pytest.mark.end_to_end
 def test_fine_tuning_from_an_import_trains_a_new_classifier_and_records_its_source(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   from tests.conftest import run_script, train_flags, write_image_folder  # pylint: disable=import-outside-toplevel
@@ -179,6 +181,7 @@ def test_fine_tuning_from_another_activation_is_refused_naming_the_field(tmp_pat
     pretrained.check_init_from(config)
 
 
+@pytest.mark.end_to_end
 def test_import_command_writes_a_workdir_from_a_keras_weights_file(tmp_path):
   from tests.conftest import run_script  # pylint: disable=import-outside-toplevel
   net = keras_mobilenet(0.5, 64)

@@ -209,6 +209,7 @@ def test_an_unreadable_result_config_is_one_line_naming_the_file(folders, capsys
   assert "\n" not in error
 
 
+@pytest.mark.end_to_end
 def test_every_trained_row_is_exported_with_int8_right_after_its_training(folders, monkeypatch):
   fake = FakeTrain()
   monkeypatch.setattr(subprocess, "run", fake)
@@ -232,6 +233,7 @@ def test_kept_results_carry_the_export_figures_and_the_table_its_columns(folders
   assert (folders / "results" / "table5" / "accuracy_vs_latency.png").is_file()
 
 
+@pytest.mark.end_to_end
 def test_a_failed_export_stops_the_sweep_in_one_line_with_the_command(
     folders, capsys, monkeypatch):
   fake = FakeTrain(export_fails=True)
@@ -256,6 +258,7 @@ def test_an_export_that_merges_no_figures_stops_the_sweep(folders, capsys, monke
   assert not (folders / "results" / "runs" / TABLE5[0].name).exists()
 
 
+@pytest.mark.end_to_end
 def test_a_failed_training_names_its_command_and_skips_the_export(folders, capsys, monkeypatch):
   calls = []
 
@@ -292,6 +295,7 @@ def test_two_lanes_train_and_export_every_row_each_on_its_own_core_logging_besid
     assert len(trained_on) == 2 and len(set(trained_on)) == 1  # exported on its own core
 
 
+@pytest.mark.end_to_end
 def test_a_failure_in_a_lane_names_the_row_and_its_console(folders, capsys, monkeypatch):
   monkeypatch.setattr(lanes, "available_cpus", lambda: [0, 1])
 

@@ -14,6 +14,8 @@ from tests.conftest import (PROJECT_ROOT, TINY, changes, final_state, leaves,
                             relative_difference, run_script, train_flags,
                             write_image_folder, write_varied_image_folder)
 
+pytestmark = pytest.mark.end_to_end  # every test here runs the commands
+
 
 
 def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tmp_path):

@@ -14,7 +14,6 @@ does.
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 
 from absl import flags
 
-from mobilenet import cli, errors
+from mobilenet import cli, devices, errors
 from tools import runs
 
 FLAGS = flags.FLAGS
@@ -61,16 +60,6 @@ def _tree_rss(process) -> int:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
       pass
   return total
-
-
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def peak_rss(command: list[str], *, env=None, log_path=None, trace_path=None) -> dict:
@@ -125,7 +114,7 @@ def main(argv):
       write_photo_folder(root, train_images=FLAGS.train_images, val_images=FLAGS.val_images)
     command.append(f"--config.data.folder={root}")
   result = {"command": " ".join(command[1:] if command[0] == sys.executable else command),
-            "cpu": cpu_model(), "os.cpu_count": os.cpu_count(),
+            "cpu": devices.cpu_name(), "os.cpu_count": os.cpu_count(),
             **peak_rss(command, log_path=FLAGS.log, trace_path=FLAGS.trace)}
   print(json.dumps(result, indent=1))
   if FLAGS.json:
