@@ -4,8 +4,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import textwrap
-import types
 
 import pytest
 
@@ -17,18 +15,17 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mobi
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-# Fixtures that train, export or step once for several tests: each one's tests go to a single
-# pytest-xdist worker, so that the work is done once.
-SHARED_WORK = ("one_epoch_run", "trained_run", "exported", "reference", "tiny_runs",
-               "eight_device_step")
+# The files that take longest, first: pytest-xdist hands each worker the next file as it frees
+# up (pytest.ini), so the slow ones starting first lets the workers finish together.
+SLOWEST_FILES = ("test_train.py", "test_faults.py", "test_ops.py", "test_pretrained.py",
+                 "test_export.py", "test_benchmark.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-  for item in items:
-    shared = [name for name in SHARED_WORK if name in getattr(item, "fixturenames", ())]
-    if shared:
-      item.add_marker(pytest.mark.xdist_group(shared[0]))
+  def rank(item):
+    name = item.path.name
+    return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+  items.sort(key=rank)  # stable: each file keeps its own order
 
 
 def imagenette_path() -> pathlib.Path:
@@ -191,61 +188,3 @@ def unpinned(command: list[str]) -> tuple[list[str], tuple[int, ...] | None]:
   cpus = tuple(int(cpu) for cpu in command[3].removeprefix("--cpus=").split(","))
   return command[5:], cpus
 
-
-# One train step of a tiny MobileNet on the first device and on eight, from the same state and
-# batch: the first update of each, and the eight-device step's compiled program.
-EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
-    import sys
-    import jax, numpy as np
-    from configs import dws
-    from mobilenet import cpu_kernels, devices, steps
-    from tests.conftest import changes
-    assert jax.device_count() == 8, jax.devices()
-    config = dws.get_config("alpha=0.25,resolution=32,batch=16")
-    config.model.num_classes = 3
-    config.model.dropout_rate = 0.0
-    config.optimizer.weight_decay = 0.0  # the update is then the gradient's alone
-    config.optimizer.warmup_epochs = 0.0
-    config.optimizer.schedule = "exponential"  # a constant rate over this one step: 0.1
-    config.optimizer.learning_rate = 0.1 * 256 / 16
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32),
-             "label": rng.integers(0, 3, 16).astype(np.int32)}
-    saved = {}
-    for device_list in (jax.devices()[:1], jax.devices()):
-      training = steps.build(config, devices.device_mesh(device_list), steps_per_epoch=1,
-                             total_steps=1)
-      state = training.init()
-      global_batch = training.evaluation.global_batch(batch)
-      assert len(global_batch["image"].sharding.device_set) == len(device_list)
-      compiled = training.train.lower(state, global_batch).compile().as_text()
-      start = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-      state, metrics = training.train(state, global_batch)
-      end = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-      for key, change in changes(end, start).items():
-        saved[f"{len(device_list)}{key}"] = change
-      saved[f"{len(device_list)}/loss"] = np.asarray(metrics["loss"])
-    np.savez(sys.argv[1] + ".npz", **saved)
-    with open(sys.argv[1] + ".hlo", "w") as out:
-      out.write(compiled)
-    with open(sys.argv[1] + ".kernel", "w") as out:
-      out.write(str(cpu_kernels.depthwise_available()))
-""")
-
-
-@pytest.fixture(scope="session")
-def eight_device_step(tmp_path_factory) -> types.SimpleNamespace:
-  """`updates` ({"1/params/...": change, "8/...": ..., "1/loss", "8/loss"}), `compiled` (the
-  eight-device train step's optimized HLO) and `kernel` (whether the compiled depthwise kernel
-  ran), from one process with eight CPU devices."""
-  import numpy as np
-  out = tmp_path_factory.mktemp("eight_devices") / "step"
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_SCRIPT, str(out)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=600)
-  assert result.returncode == 0, result.stderr[-5000:]
-  with np.load(f"{out}.npz") as updates:
-    return types.SimpleNamespace(
-        updates=dict(updates), compiled=pathlib.Path(f"{out}.hlo").read_text(),
-        kernel=pathlib.Path(f"{out}.kernel").read_text() == "True")

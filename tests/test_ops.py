@@ -335,20 +335,3 @@ def test_model_auto_impls_avoid_grouped_convolutions_on_cpu():
     assert groups == [1]  # only the first 3x3
   else:
     assert len(groups) == 27 and max(groups) > 1
-
-
-@pytest.mark.end_to_end
-def test_compiled_kernel_stays_batch_parallel_on_a_multi_device_mesh(eight_device_step):
-  """On 8 CPU devices the train step runs the FFI kernel on each device's slice of the batch:
-  no all-gather (of activations or anything else) and no resharding of the batch (a
-  collective-permute, slow and able to deadlock XLA:CPU's in-process collectives); the kernel
-  gradient is summed by the all-reduce that sums every other gradient."""
-  if not eight_device_step.kernel:
-    pytest.skip("the compiled CPU depthwise kernel did not build here")
-  compiled = eight_device_step.compiled
-  forward_calls = compiled.count(f'custom_call_target="{cpu_kernels.FORWARD_TARGET}"')
-  backward_calls = compiled.count(f'custom_call_target="{cpu_kernels.BACKWARD_TARGET}"')
-  assert forward_calls >= 13 and backward_calls >= 13, (forward_calls, backward_calls)
-  assert "all-gather" not in compiled
-  assert "collective-permute" not in compiled
-  assert "all-reduce" in compiled

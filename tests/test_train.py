@@ -5,11 +5,15 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import textwrap
+import types
 
 import jax
 import numpy as np
 import pytest
 
+from mobilenet import cpu_kernels
+from tools.report import command as report_command
 from tests.conftest import (PROJECT_ROOT, TINY, changes, final_state, leaves,
                             relative_difference, run_script, train_flags,
                             write_image_folder, write_varied_image_folder)
@@ -18,12 +22,23 @@ pytestmark = pytest.mark.end_to_end  # every test here runs the commands
 
 
 
-def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tmp_path):
-  """The first session is killed (SIGKILL) in its third step, after the epoch's checkpoint."""
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, str]:
+  """(image folder, workdir, console) of a two-epoch tiny run killed (SIGKILL) in its third
+  step, after the first epoch's checkpoint; tests resume copies of the workdir."""
+  root = tmp_path_factory.mktemp("killed")
+  folder = write_image_folder(root / "images")
   first = run_script("tests/fault_injection.py", "train:3",
-                     *train_flags(tiny_image_folder, workdir, epochs=2), check=False)
-  assert first.returncode == -9 and "eval at step 2" in first.stdout
+                     *train_flags(folder, root / "run", epochs=2), check=False)
+  assert first.returncode == -9, first.stderr[-3000:]
+  return folder, root / "run", first.stdout
+
+
+def test_train_resume_eval_and_report_through_the_commands(killed_run, tmp_path):
+  """The first session is killed (SIGKILL) in its third step, after the epoch's checkpoint."""
+  tiny_image_folder, killed, console = killed_run
+  workdir = _copy_of(killed, tmp_path)
+  assert "eval at step 2" in console
   assert (workdir / "checkpoints" / "2").is_dir()
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert {"train", "eval"} == {r["kind"] for r in records}
@@ -49,10 +64,9 @@ def test_train_resume_eval_and_report_through_the_commands(tiny_image_folder, tm
     assert key in results, key
   assert results["step"] == 4 and results["num_examples"] == 9 and results["top5"] == 1.0
 
-  report = run_script("-m", "tools.report", str(workdir), "--out", str(tmp_path / "report"))
+  assert report_command.TOOL.call([str(workdir), "--out", str(tmp_path / "report")]) == 0
   assert "MobileNet" in (tmp_path / "report" / "results.md").read_text()
   assert (tmp_path / "report" / "accuracy_vs_mult_adds.png").stat().st_size > 1000
-  del report
 
 
 def test_resumed_run_ends_with_bit_identical_state(tiny_image_folder, tmp_path):
@@ -89,6 +103,64 @@ def _initial_variables(**model_overrides) -> dict:
   return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 
 
+# One train step of a tiny MobileNet on the first device and on eight, from the same state and
+# batch: the first update of each, and the eight-device step's compiled program.
+EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    from configs import dws
+    from mobilenet import cpu_kernels, devices, steps
+    from tests.conftest import changes
+    assert jax.device_count() == 8, jax.devices()
+    config = dws.get_config("alpha=0.25,resolution=32,batch=16")
+    config.model.num_classes = 3
+    config.model.dropout_rate = 0.0
+    config.optimizer.weight_decay = 0.0  # the update is then the gradient's alone
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.schedule = "exponential"  # a constant rate over this one step: 0.1
+    config.optimizer.learning_rate = 0.1 * 256 / 16
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, 3, 16).astype(np.int32)}
+    saved = {}
+    for device_list in (jax.devices()[:1], jax.devices()):
+      training = steps.build(config, devices.device_mesh(device_list), steps_per_epoch=1,
+                             total_steps=1)
+      state = training.init()
+      global_batch = training.evaluation.global_batch(batch)
+      assert len(global_batch["image"].sharding.device_set) == len(device_list)
+      compiled = training.train.lower(state, global_batch).compile().as_text()
+      start = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+      state, metrics = training.train(state, global_batch)
+      end = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+      for key, change in changes(end, start).items():
+        saved[f"{len(device_list)}{key}"] = change
+      saved[f"{len(device_list)}/loss"] = np.asarray(metrics["loss"])
+    np.savez(sys.argv[1] + ".npz", **saved)
+    with open(sys.argv[1] + ".hlo", "w") as out:
+      out.write(compiled)
+    with open(sys.argv[1] + ".kernel", "w") as out:
+      out.write(str(cpu_kernels.depthwise_available()))
+""")
+
+
+@pytest.fixture(scope="module")
+def eight_device_step(tmp_path_factory) -> types.SimpleNamespace:
+  """`updates` ({"1/params/...": change, "8/...": ..., "1/loss", "8/loss"}), `compiled` (the
+  eight-device train step's optimized HLO) and `kernel` (whether the compiled depthwise kernel
+  ran), from one process with eight CPU devices."""
+  out = tmp_path_factory.mktemp("eight_devices") / "step"
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_SCRIPT, str(out)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  with np.load(f"{out}.npz") as updates:
+    return types.SimpleNamespace(
+        updates=dict(updates), compiled=pathlib.Path(f"{out}.hlo").read_text(),
+        kernel=pathlib.Path(f"{out}.kernel").read_text() == "True")
+
+
 def test_eight_devices_give_the_same_loss_and_update_as_one(eight_device_step):
   """Sharding only reorders float sums: it moves the first update by ~1.4e-5 of its norm (as
   much as swapping in the lax convolutions does) and the BatchNorm statistics by ~1e-6, while a
@@ -103,6 +175,22 @@ def test_eight_devices_give_the_same_loss_and_update_as_one(eight_device_step):
     one = {key: value for key, value in runs["1"].items() if key.startswith(f"{group}/")}
     eight = {key: value for key, value in runs["8"].items() if key.startswith(f"{group}/")}
     assert one and relative_difference(eight, one) < 1e-3, group
+
+
+def test_compiled_kernel_stays_batch_parallel_on_a_multi_device_mesh(eight_device_step):
+  """On 8 CPU devices the train step runs the FFI kernel on each device's slice of the batch:
+  no all-gather (of activations or anything else) and no resharding of the batch (a
+  collective-permute, slow and able to deadlock XLA:CPU's in-process collectives); the kernel
+  gradient is summed by the all-reduce that sums every other gradient."""
+  if not eight_device_step.kernel:
+    pytest.skip("the compiled CPU depthwise kernel did not build here")
+  compiled = eight_device_step.compiled
+  forward_calls = compiled.count(f'custom_call_target="{cpu_kernels.FORWARD_TARGET}"')
+  backward_calls = compiled.count(f'custom_call_target="{cpu_kernels.BACKWARD_TARGET}"')
+  assert forward_calls >= 13 and backward_calls >= 13, (forward_calls, backward_calls)
+  assert "all-gather" not in compiled
+  assert "collective-permute" not in compiled
+  assert "all-reduce" in compiled
 
 
 def _free_port():
@@ -166,15 +254,13 @@ def varied_folder(tmp_path_factory) -> pathlib.Path:
   return write_varied_image_folder(tmp_path_factory.mktemp("varied") / "images")
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_default_config_trains_and_evaluates_on_photos_of_mixed_sizes(varied_folder, tmp_path,
-                                                                      cache):
+def test_default_config_trains_and_evaluates_on_photos_of_mixed_sizes(varied_folder, tmp_path):
   """The README's first command on a user's folder (sizes 9x12 to 4000x10 and 1200x1600, the
   first image the smallest): only the length and the image size are cut for speed."""
   workdir = tmp_path / "run"
   result = run_script("train.py", "--config=configs/dws.py:epochs=0.6,resolution=32,batch=8",
                 f"--config.data.folder={varied_folder}", "--config.model.num_classes=3",
-                f"--config.data.cache={cache}", "--config.train.inference_benchmark_s=0.1",
+                "--config.train.inference_benchmark_s=0.1",
                 f"--workdir={workdir}")
   assert "24 train / 6 eval examples" in result.stdout
   assert "final eval at step 2: " in result.stdout
@@ -246,13 +332,12 @@ def test_resuming_under_other_settings_is_refused_in_one_line_and_changes_nothin
   assert _files(workdir) == before
 
 
-def test_resuming_with_other_bookkeeping_trains_on(tiny_image_folder, tmp_path):
+def test_resuming_with_other_bookkeeping_trains_on(killed_run, tmp_path):
   """The same data at another path, other logging and another implementation: the same run."""
-  workdir = tmp_path / "run"
-  run_script("tests/fault_injection.py", "train:3",
-             *train_flags(tiny_image_folder, workdir, epochs=2), check=False)
-  moved = tmp_path / "moved" / tiny_image_folder.name
-  shutil.copytree(tiny_image_folder, moved)
+  folder, killed, _ = killed_run
+  workdir = _copy_of(killed, tmp_path)
+  moved = tmp_path / "moved" / folder.name
+  shutil.copytree(folder, moved)
   result = run_script("train.py", *train_flags(moved, workdir, epochs=2, **{
       "train.log_every_steps": 2, "model.depthwise_impl": "grouped"}))
   assert "Resumed from the checkpoint of step 2" in result.stdout
