@@ -187,4 +187,3 @@ def unpinned(command: list[str]) -> tuple[list[str], tuple[int, ...] | None]:
     return command, None
   cpus = tuple(int(cpu) for cpu in command[3].removeprefix("--cpus=").split(","))
   return command[5:], cpus
-
