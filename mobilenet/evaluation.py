@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mobilenet import checkpoints, devices, imagenet, metrics, results, steps
+from mobilenet import checkpoints, devices, imagenet, metrics, ops, results, steps
 from mobilenet.input import Dataset
 
 
@@ -38,7 +38,8 @@ def measure_inference_speed(net, variables: dict, config, *, batch_size: int = 6
   resolution = config.data.resolution
   images = jnp.zeros((batch_size, resolution, resolution, 3), jnp.dtype(config.model.dtype))
   forward = jax.jit(lambda v, x: net.apply(
-      {"params": v["ema_params"], "batch_stats": v["batch_stats"]}, x, train=False))
+      {"params": v["ema_params"], "batch_stats": v["batch_stats"]}, x, train=False),
+      compiler_options=ops.compiler_options())
   compiled = forward.lower(variables, images).compile()
   count, start = 0, time.perf_counter()
   while count < 1 or time.perf_counter() - start < config.train.inference_benchmark_s:

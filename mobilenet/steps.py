@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilenet import model, optim
+from mobilenet import model, ops, optim
 from mobilenet.devices import DATA_AXIS
 
 STATE_IS_FINITE = "state_is_finite"  # a step metric that is checked, not logged
@@ -150,7 +150,7 @@ def build_evaluation(config: ml_collections.ConfigDict, mesh: Mesh, *,
   evaluation = Evaluation(net, mesh, abstract, eval=None)
   evaluate = jax.jit(functools.partial(eval_step, net=net, class_columns=class_columns),
                      in_shardings=(replicated, evaluation.batch_sharding),
-                     out_shardings=replicated)
+                     out_shardings=replicated, compiler_options=ops.compiler_options())
   return dataclasses.replace(evaluation, eval=evaluate)
 
 
@@ -185,7 +185,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, steps_per_epoch: int
                       batch_stats=variables["batch_stats"], opt_state=tx.init(params),
                       ema_params=params)
 
-  init = jax.jit(init_state, out_shardings=replicated)
+  init = jax.jit(init_state, out_shardings=replicated, compiler_options=ops.compiler_options())
   train = jax.jit(
       functools.partial(train_step, net=net, tx=tx,
                         label_smoothing=config.optimizer.label_smoothing,
@@ -193,7 +193,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, steps_per_epoch: int
                         seed=config.seed),
       in_shardings=(replicated, evaluation.batch_sharding),
       out_shardings=(replicated, replicated),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=ops.compiler_options())
   # From evaluation's shapes: tracing init_state would trace the whole model's init again.
   abstract = evaluation.abstract_variables
   abstract_state = TrainState(

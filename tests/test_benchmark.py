@@ -121,6 +121,23 @@ def test_each_listed_standard_impl_times_a_step_built_with_it_once(monkeypatch):
   assert impls["matmul_grad"]["train_images_per_s"] == results["dws"]["train_images_per_s"]
 
 
+def test_ynn_convolutions_times_a_second_step_compiled_with_jaxlibs_default(monkeypatch):
+  built = []
+  real_init = models.JaxModel.__init__
+
+  def recording_init(self, config, variant, ynn_convolutions=False):
+    built.append(ynn_convolutions)
+    real_init(self, config, variant, ynn_convolutions)
+
+  monkeypatch.setattr(models.JaxModel, "__init__", recording_init)
+  results = measure.measure(_tiny_config(), ["dws"], steps=1, rounds=1, warmup=0,
+                            with_torch=False, threads=1, ynn_convolutions=True)
+  assert built == [False, True]
+  ynn = results["dws"]["ynn_convolutions"]
+  assert ynn["train_images_per_s"] > 0
+  assert ynn["compiler_options"] == ops.compiler_options(ynn_convolutions=True) != {}
+
+
 @pytest.mark.end_to_end
 def test_an_unknown_standard_impl_is_one_line_naming_the_flag():
   process = subprocess.run(

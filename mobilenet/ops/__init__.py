@@ -24,6 +24,7 @@ from mobilenet import cpu_kernels, errors
 from mobilenet.ops.call import ConvFn
 from mobilenet.ops.depthwise import ffi_depthwise_conv, shifted_depthwise_conv
 from mobilenet.ops.matmul import matmul_grad_conv, matmul_pointwise_conv
+from mobilenet.ops.xla_cpu import compiler_options
 
 DEPTHWISE_IMPLS = ("auto", "grouped", "shifted", "ffi")
 POINTWISE_IMPLS = ("auto", "conv", "matmul")

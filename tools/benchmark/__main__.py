@@ -56,6 +56,11 @@ flags.DEFINE_list("standard_impls", [], "Also time the training step with each o
                   "same alternating rounds.")
 
 
+flags.DEFINE_bool("ynn_convolutions", False, "Also time the training step compiled with "
+                  "jaxlib's default of handing convolutions to YNNPACK (training keeps them "
+                  "with XLA: mobilenet.ops.compiler_options), in the same alternating rounds.")
+
+
 flags.DEFINE_integer("lanes", 1, "N > 1: this benchmark once on every core, then N copies at "
                      "once, each pinned to its share of the cores; their training images/s "
                      "in all against the single run's.")
@@ -101,11 +106,12 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
       "allocator_log": allocator.log_line(allocator_decision) if allocator_decision else "",
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "compiler_options": ops.compiler_options(),
   }
   if FLAGS.torch:
     report["torch"] = import_torch().__version__
   results = measure(config, variants, steps, rounds, FLAGS.warmup, FLAGS.torch, threads,
-                    standard_impls)
+                    standard_impls, FLAGS.ynn_convolutions)
   report.update(results[variants[0]])
   if len(variants) > 1:
     report["variants"] = results
@@ -135,9 +141,11 @@ def main(_):
 
 
 def _measure_lanes() -> dict[str, Any]:
-  if FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1 or FLAGS.standard_impls:
+  if (FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1 or FLAGS.standard_impls
+      or FLAGS.ynn_convolutions):
     raise errors.UserError("--lanes times the JAX training step of one variant: leave out "
-                           "--torch, --ops, --standard_impls and a list of --variants")
+                           "--torch, --ops, --standard_impls, --ynn_convolutions and a list "
+                           "of --variants")
   child = [sys.executable, "-m", "tools.benchmark", "--json", *child_flags(sys.argv[1:])]
   return compare_lanes(child, FLAGS.lanes)
 

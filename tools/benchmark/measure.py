@@ -18,9 +18,10 @@ def _median_rate(seconds: list[float], batch: int) -> float:
 
 def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, rounds: int,
             warmup: int, with_torch: bool, threads: int,
-            standard_impls: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-  """Images/s per variant (and framework, and listed standard_impl), from alternating rounds
-  of timed steps."""
+            standard_impls: Sequence[str] = (), ynn_convolutions: bool = False
+            ) -> dict[str, dict[str, Any]]:
+  """Images/s per variant (and framework, listed standard_impl, and with jaxlib's default of
+  YNNPACK convolutions), from alternating rounds of timed steps."""
   batch = config.train.global_batch_size
   own_impl = ops.resolve_standard_impl(config.model.standard_impl)
 
@@ -41,6 +42,8 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
         impl_config = config.copy_and_resolve_references()
         impl_config.model.standard_impl = impl
         runners[variant, impl] = JaxModel(impl_config, variant)
+    if ynn_convolutions:
+      runners[variant, "ynn_convolutions"] = JaxModel(config, variant, ynn_convolutions=True)
   for key, runner in runners.items():
     timed_calls(runner.train, warmup)
     if key in inferring:
@@ -81,6 +84,11 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
                      train_seconds[impl_runner_key(variant, impl)], batch),
                  "train_step_ms": _step_ms(train_seconds[impl_runner_key(variant, impl)])}
           for impl in standard_impls}
+    if ynn_convolutions:
+      ynn = train_seconds[variant, "ynn_convolutions"]
+      result["ynn_convolutions"] = {
+          "train_images_per_s": _median_rate(ynn, batch), "train_step_ms": _step_ms(ynn),
+          "compiler_options": ops.compiler_options(ynn_convolutions=True)}
     results[variant] = result
   return results
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobilenet import devices, errors, optim, steps
+from mobilenet import devices, errors, ops, optim, steps
 
 
 # The learning-rate schedule spans config.train.num_epochs of Imagenette's train split, as in
@@ -29,10 +29,12 @@ class JaxModel:
   """train.py's jitted, compiled training step and the inference of one model, with one batch.
 
   The optimizer, schedule and state come from steps.build, as the trainer's do, so the step
-  timed is the step training runs.
+  timed is the step training runs; `ynn_convolutions=True` compiles both with jaxlib's default
+  of handing convolutions to YNNPACK (ops.compiler_options) instead of training's options.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, variant: str):
+  def __init__(self, config: ml_collections.ConfigDict, variant: str,
+               ynn_convolutions: bool = False):
     config = config.copy_and_resolve_references()
     config.model.variant = variant
     batch, resolution = config.train.global_batch_size, config.data.resolution
@@ -48,14 +50,15 @@ class JaxModel:
             jnp.dtype(config.data.image_dtype)),
         "label": rng.integers(0, net.num_classes, batch, dtype=np.int32)})
 
+    options = ops.compiler_options(ynn_convolutions)
     start = time.perf_counter()
-    self.train_step = training.train.lower(self.state, self.batch).compile()
+    self.train_step = training.train.lower(self.state, self.batch).compile(options)
     self.compile_s = time.perf_counter() - start
     start = time.perf_counter()
     # As evaluation.measure_inference_speed: the weights evaluation uses.
     self.infer = jax.jit(lambda state, images: net.apply(
         {"params": state.ema_params, "batch_stats": state.batch_stats}, images,
-        train=False)).lower(self.state, self.batch["image"]).compile()
+        train=False)).lower(self.state, self.batch["image"]).compile(options)
     self.infer_compile_s = time.perf_counter() - start
 
   def train(self) -> None:

@@ -27,6 +27,8 @@ def print_text(report: dict[str, Any]) -> None:
   print(f"memory: {report['allocator']} allocator, peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB"
         + (f", GLIBC_TUNABLES={report['glibc_tunables']}" if report["glibc_tunables"] else "")
         + (f", XLA_FLAGS={report['xla_flags']}" if report["xla_flags"] else ""))
+  if report.get("compiler_options"):
+    print(f"compiler options: {report['compiler_options']}")
   results = report.get("variants", {report["variant"]: report})
   for variant, r in results.items():
     step = r["train_step_ms"]
@@ -39,6 +41,11 @@ def print_text(report: dict[str, Any]) -> None:
             f"infer {r['torch_infer_images_per_s']:8.1f} img/s  (step CPU {r['torch_train_step_cpu_ms']:.0f} ms)")
       print(f"{variant:8s} jax/torch: train {r['jax_over_torch_train']:.2f}x  "
             f"infer {r['jax_over_torch_infer']:.2f}x")
+    if "ynn_convolutions" in r:
+      ynn = r["ynn_convolutions"]
+      print(f"{variant:8s} jax   train {ynn['train_images_per_s']:8.1f} img/s  with YNNPACK "
+            f"convolutions (jaxlib's default): {r['train_images_per_s'] / ynn['train_images_per_s']:.2f}x "
+            f"faster without  (step median {ynn['train_step_ms']['median']:.1f} ms)")
     impls = r.get("standard_impls", {})
     first, first_timing = next(iter(impls.items()), (None, None))
     for impl, timing in impls.items():

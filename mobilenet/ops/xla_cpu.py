@@ -1,0 +1,41 @@
+"""The XLA:CPU compiler options the model's programs are compiled with.
+
+jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK by default, as it does matrix products and
+reductions. YNNPACK's convolution is slow to differentiate: a 3x3, 128-to-128 convolution's
+kernel gradient at 32x56x56 took 4.3x as long as XLA's own (2.49 s against 0.57 s), and Conv
+MobileNet's training step 1.3x as long (tools.benchmark `--ynn_convolutions`). The options keep
+YNNPACK's matrix products and reductions, which are faster than XLA's, and take convolutions back.
+They change how a program runs, not what it computes.
+"""
+import functools
+import os
+
+import jax
+
+_FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+_DOTS_AND_REDUCTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# jaxlib 0.10's default, spelled out so that a comparison can compile with it explicitly.
+_WITH_CONVOLUTIONS = _DOTS_AND_REDUCTIONS + ",LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+
+
+def compiler_options(ynn_convolutions: bool = False) -> dict[str, str]:
+  """Options for `jax.jit(..., compiler_options=...)` or `Lowered.compile`: none off CPU, none
+  where XLA_FLAGS sets YNNPACK's share (the user's choice), none where this jaxlib lacks the
+  option; `ynn_convolutions=True` spells out jaxlib's default, for comparison."""
+  if jax.default_backend() != "cpu" or _FUSION_TYPES in os.environ.get("XLA_FLAGS", ""):
+    return {}
+  return _supported({_FUSION_TYPES: _WITH_CONVOLUTIONS if ynn_convolutions
+                     else _DOTS_AND_REDUCTIONS})
+
+
+@functools.cache
+def _supported_items(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+  try:
+    jax.jit(lambda x: x + 1).lower(0.0).compile(compiler_options=dict(items))
+  except Exception:  # pylint: disable=broad-except  (an unknown option or value: compile without)
+    return ()
+  return items
+
+
+def _supported(options: dict[str, str]) -> dict[str, str]:
+  return dict(_supported_items(tuple(sorted(options.items()))))
