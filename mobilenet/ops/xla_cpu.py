@@ -1,9 +1,9 @@
 """The XLA:CPU compiler options the model's programs are compiled with.
 
-jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK by default, as it does matrix products and
-reductions. YNNPACK's convolution is slow to differentiate: a 3x3, 128-to-128 convolution's
-kernel gradient at 32x56x56 took 4.3x as long as XLA's own (2.49 s against 0.57 s), and Conv
-MobileNet's training step 1.3x as long (tools.benchmark `--ynn_convolutions`). The options keep
+jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK by default, as it does matrix products and
+reductions, and YNNPACK's convolution is slow to differentiate: a full 3x3 convolution's forward
+and backward pass, and Conv MobileNet's whole training step, run faster with XLA's own
+(docs/cpu_speed.md; `tools.benchmark --ynn_convolutions` times both). These options keep
 YNNPACK's matrix products and reductions, which are faster than XLA's, and take convolutions back.
 They change how a program runs, not what it computes.
 """
