@@ -7,35 +7,25 @@ and backward pass, and Conv MobileNet's whole training step, run faster with XLA
 YNNPACK's matrix products and reductions, which are faster than XLA's, and take convolutions back.
 They change how a program runs, not what it computes.
 """
-import functools
 import os
 
 import jax
+import jaxlib.version
 
 _FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 _DOTS_AND_REDUCTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 # jaxlib 0.10's default, spelled out so that a comparison can compile with it explicitly.
 _WITH_CONVOLUTIONS = _DOTS_AND_REDUCTIONS + ",LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+# The option is experimental: it is set only on the jaxlib it was measured with, where XLA
+# knows it; any other jaxlib compiles with its own defaults.
+MEASURED_JAXLIB = "0.10."
 
 
 def compiler_options(ynn_convolutions: bool = False) -> dict[str, str]:
   """Options for `jax.jit(..., compiler_options=...)` or `Lowered.compile`: none off CPU, none
-  where XLA_FLAGS sets YNNPACK's share (the user's choice), none where this jaxlib lacks the
-  option; `ynn_convolutions=True` spells out jaxlib's default, for comparison."""
-  if jax.default_backend() != "cpu" or _FUSION_TYPES in os.environ.get("XLA_FLAGS", ""):
+  where XLA_FLAGS sets YNNPACK's share (the user's choice), none on another jaxlib;
+  `ynn_convolutions=True` spells out jaxlib's default, for comparison."""
+  if (jax.default_backend() != "cpu" or _FUSION_TYPES in os.environ.get("XLA_FLAGS", "")
+      or not jaxlib.version.__version__.startswith(MEASURED_JAXLIB)):
     return {}
-  return _supported({_FUSION_TYPES: _WITH_CONVOLUTIONS if ynn_convolutions
-                     else _DOTS_AND_REDUCTIONS})
-
-
-@functools.cache
-def _supported_items(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-  try:
-    jax.jit(lambda x: x + 1).lower(0.0).compile(compiler_options=dict(items))
-  except Exception:  # pylint: disable=broad-except  (an unknown option or value: compile without)
-    return ()
-  return items
-
-
-def _supported(options: dict[str, str]) -> dict[str, str]:
-  return dict(_supported_items(tuple(sorted(options.items()))))
+  return {_FUSION_TYPES: _WITH_CONVOLUTIONS if ynn_convolutions else _DOTS_AND_REDUCTIONS}
