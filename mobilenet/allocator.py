@@ -14,6 +14,7 @@ one. Where neither library is installed (Debian: `apt-get install libtcmalloc-mi
 Linux, and where JAX may pick a GPU or TPU (whose memory holds XLA's buffers), the process
 keeps glibc's malloc. Every process prints one line saying which allocator runs.
 """
+import ctypes
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -30,6 +31,7 @@ JEMALLOC_CONF = "oversize_threshold:0,background_thread:true,dirty_decay_ms:1000
 LIBRARY_DIRECTORIES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
                        "/usr/lib", "/usr/local/lib", "/lib/x86_64-linux-gnu", "/lib64")
 INSTALL_HINT = "apt-get install libtcmalloc-minimal4"
+MALLCTL_ARENAS_ALL = 4096  # jemalloc's arena index meaning "every arena"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,3 +141,26 @@ def use_fast_allocator() -> Decision:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
   print(log_line(decision), file=sys.stderr, flush=True)
   return decision
+
+
+def release_free_memory() -> str | None:
+  """Hands the pages that the running allocator holds free back to the system; returns which
+  allocator did (None where none of the three is found).
+
+  A run frees a lot once: the batches of building a split's cache, and the compiler's working
+  memory for each step. An allocator keeps such pages for reuse, and XLA's temporaries of later
+  steps reuse only part of them, so without this they stay resident to the end. Call it after
+  those moments, never per step: the pages of a step's temporaries would be faulted in again.
+  """
+  process = ctypes.CDLL(None)
+  if hasattr(process, "MallocExtension_ReleaseFreeMemory"):
+    process.MallocExtension_ReleaseFreeMemory()
+    return "tcmalloc"
+  if hasattr(process, "mallctl"):
+    command = f"arena.{MALLCTL_ARENAS_ALL}.purge".encode()
+    process.mallctl(command, None, None, None, ctypes.c_size_t(0))
+    return "jemalloc"
+  if hasattr(process, "malloc_trim"):
+    process.malloc_trim(ctypes.c_size_t(0))
+    return "glibc"
+  return None

@@ -185,7 +185,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, steps_per_epoch: int
                       batch_stats=variables["batch_stats"], opt_state=tx.init(params),
                       ema_params=params)
 
-  init = jax.jit(init_state, out_shardings=replicated, compiler_options=ops.compiler_options())
+  options = ops.compiler_options()
+  init = jax.jit(init_state, out_shardings=replicated, compiler_options=options)
   train = jax.jit(
       functools.partial(train_step, net=net, tx=tx,
                         label_smoothing=config.optimizer.label_smoothing,
@@ -193,7 +194,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, steps_per_epoch: int
                         seed=config.seed),
       in_shardings=(replicated, evaluation.batch_sharding),
       out_shardings=(replicated, replicated),
-      donate_argnums=0, compiler_options=ops.compiler_options())
+      donate_argnums=0, compiler_options=options)
   # From evaluation's shapes: tracing init_state would trace the whole model's init again.
   abstract = evaluation.abstract_variables
   abstract_state = TrainState(

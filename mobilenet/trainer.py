@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mobilenet import checkpoints, costs, devices, errors, evaluation, metrics, optim, pretrained
+from mobilenet import allocator, checkpoints, costs, devices, errors, evaluation, metrics, optim
+from mobilenet import pretrained
 from mobilenet import results
 from mobilenet import steps as steps_lib
 from mobilenet.input import Dataset, DatasetInfo
@@ -301,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                  json.loads(config.to_json_best_effort()), workdir)
     pretrained.check_init_from(config)
     plan = plan_run(config)
+    allocator.release_free_memory()  # what building the data caches used and freed
     finished = results.finished_run(workdir, start_step, plan.total_steps)
     if finished is not None:  # nothing to train or evaluate again, nothing to append to the logs
       metrics.console(f"This run is finished (step {start_step} of {plan.total_steps}); its "
@@ -345,6 +347,7 @@ def _loop(session: Session, state) -> dict:
         plan.dataset.eval_batches(global_batch_size=config.train.eval_batch_size),
         after_batch=lambda: hooks.eval_batch_done(step))
     progress.restart_clock()
+    allocator.release_free_memory()  # compiling and running evaluation's step
     writer.write(step, "eval", totals)
     return totals
 
@@ -356,6 +359,8 @@ def _loop(session: Session, state) -> dict:
       hooks.step_done(done)
       profile.after_step(done, (state, step_metrics))
       progress.add(done, step_metrics, first_of_session=step == start_step)
+      if step == start_step:  # the step is compiled: the compiler's working memory is free
+        allocator.release_free_memory()
       if progress.due(done):
         progress.check(done)
       if preemption.requested:
@@ -374,6 +379,7 @@ def _loop(session: Session, state) -> dict:
   if start_step < plan.total_steps:
     save(final_step)
   del batches  # its prefetching would compete with the final evaluation for the CPU
+  allocator.release_free_memory()  # training's temporaries: evaluation needs far less
   totals = evaluate(final_step)
   return _finish(session, state, totals, final_step=final_step,
                  all_seconds=progress.train_seconds)

@@ -114,3 +114,41 @@ def test_a_real_re_exec_keeps_the_process_and_loads_tcmalloc_once():
   assert preload == allocator.find_library(allocator.LIBRARIES["tcmalloc"])
   assert [line for line in err.splitlines() if line.startswith("allocator:")] == [
       f"allocator: tcmalloc (LD_PRELOAD={preload}; MOBILENET_ALLOCATOR=system for glibc's)"]
+
+
+RELEASE_SCRIPT = """
+import sys
+from mobilenet import allocator
+def resident():
+  return int(open("/proc/self/statm").read().split()[1]) * 4096
+size = int(sys.argv[1])
+blocks = [bytearray(b"x" * size) for _ in range(400)]  # touched: resident
+del blocks[::2]  # every other block freed: holes the allocator keeps
+before = resident()
+print(allocator.release_free_memory(), (before - resident()) // 2**20)
+"""
+
+
+def _released(preload: str | None, block_bytes: int) -> tuple[str, int]:
+  environment = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+  if preload == JEMALLOC:
+    environment["MALLOC_CONF"] = allocator.JEMALLOC_CONF
+  if preload:
+    environment["LD_PRELOAD"] = preload
+  out = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT, str(block_bytes)], cwd=PROJECT_ROOT,
+                       env=environment, capture_output=True, text=True, check=True, timeout=60).stdout
+  name, mib = out.split()
+  return name, int(mib)
+
+
+@pytest.mark.parametrize("preload, name, block_bytes", [
+    (None, "glibc", 100 * 1024),  # under glibc's mmap threshold: from its heap
+    (TCMALLOC, "tcmalloc", 2 * 2**20),
+    (JEMALLOC, "jemalloc", 2 * 2**20)])
+def test_free_memory_the_allocator_holds_goes_back_to_the_system(preload, name, block_bytes):
+  if preload and not os.path.isfile(preload):
+    pytest.skip(f"{preload} is not installed")
+  released_by, released_mib = _released(preload, block_bytes)
+  assert released_by == name
+  freed_mib = 200 * block_bytes // 2**20
+  assert released_mib >= freed_mib // 2, (released_mib, freed_mib)

@@ -36,6 +36,7 @@ def jax_op_timings(batch: int, dtype) -> tuple[dict[str, float], dict[str, str]]
   cases += [("standard_s1", impl, lambda impl=impl: ops.standard_conv_fn(impl), standard_kernel, 1)
             for impl in ("conv", "matmul_grad")]
   timings, skipped = {}, {}
+  options = ops.compiler_options()  # compiled as training compiles them
   for op, impl, conv_fn, kernel, stride in cases:
     groups = channels if op.startswith("depthwise") else 1
     try:
@@ -43,12 +44,11 @@ def jax_op_timings(batch: int, dtype) -> tuple[dict[str, float], dict[str, str]]
       apply = lambda x, k, conv=conv, stride=stride, groups=groups: conv(
           x, k, (stride, stride), "SAME", dimension_numbers=numbers, feature_group_count=groups)
       cotangent = jnp.ones(jax.eval_shape(apply, x, kernel).shape, dtype)
-      # Compiled as training compiles them.
-      forward = jax.jit(apply, compiler_options=ops.compiler_options())
+      forward = jax.jit(apply, compiler_options=options)
       backward = jax.jit(jax.grad(
           lambda x, k, apply=apply, cotangent=cotangent: jnp.sum(
               (apply(x, k) * cotangent).astype(jnp.float32)), argnums=(0, 1)),
-          compiler_options=ops.compiler_options())
+          compiler_options=options)
       jax.block_until_ready((forward(x, kernel), backward(x, kernel)))
     except Exception as error:  # pylint: disable=broad-except  (unavailable here: note, go on)
       skipped[f"{op}_{impl}"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
