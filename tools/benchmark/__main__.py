@@ -61,6 +61,11 @@ flags.DEFINE_bool("ynn_convolutions", False, "Also time the training step compil
                   "with XLA: mobilenet.ops.compiler_options), in the same alternating rounds.")
 
 
+flags.DEFINE_bool("memory_scheduler", False, "Also time the training step compiled with XLA's "
+                  "memory-optimized scheduler, in the same alternating rounds, with both "
+                  "steps' temporaries.")
+
+
 flags.DEFINE_integer("lanes", 1, "N > 1: this benchmark once on every core, then N copies at "
                      "once, each pinned to its share of the cores; their training images/s "
                      "in all against the single run's.")
@@ -111,7 +116,7 @@ def run(config: ml_collections.ConfigDict, allocator_decision: allocator.Decisio
   if FLAGS.torch:
     report["torch"] = import_torch().__version__
   results = measure(config, variants, steps, rounds, FLAGS.warmup, FLAGS.torch, threads,
-                    standard_impls, FLAGS.ynn_convolutions)
+                    standard_impls, FLAGS.ynn_convolutions, FLAGS.memory_scheduler)
   report.update(results[variants[0]])
   if len(variants) > 1:
     report["variants"] = results
@@ -142,10 +147,10 @@ def main(_):
 
 def _measure_lanes() -> dict[str, Any]:
   if (FLAGS.torch or FLAGS.ops or len(FLAGS.variants) > 1 or FLAGS.standard_impls
-      or FLAGS.ynn_convolutions):
+      or FLAGS.ynn_convolutions or FLAGS.memory_scheduler):
     raise errors.UserError("--lanes times the JAX training step of one variant: leave out "
-                           "--torch, --ops, --standard_impls, --ynn_convolutions and a list "
-                           "of --variants")
+                           "--torch, --ops, --standard_impls, --ynn_convolutions, "
+                           "--memory_scheduler and a list of --variants")
   child = [sys.executable, "-m", "tools.benchmark", "--json", *child_flags(sys.argv[1:])]
   return compare_lanes(child, FLAGS.lanes)
 

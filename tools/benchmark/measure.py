@@ -18,10 +18,11 @@ def _median_rate(seconds: list[float], batch: int) -> float:
 
 def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, rounds: int,
             warmup: int, with_torch: bool, threads: int,
-            standard_impls: Sequence[str] = (), ynn_convolutions: bool = False
-            ) -> dict[str, dict[str, Any]]:
-  """Images/s per variant (and framework, listed standard_impl, and with jaxlib's default of
-  YNNPACK convolutions), from alternating rounds of timed steps."""
+            standard_impls: Sequence[str] = (), ynn_convolutions: bool = False,
+            memory_scheduler: bool = False) -> dict[str, dict[str, Any]]:
+  """Images/s per variant (and framework, listed standard_impl, with jaxlib's default of
+  YNNPACK convolutions, and with XLA's memory-optimized scheduler), from alternating rounds of
+  timed steps."""
   batch = config.train.global_batch_size
   own_impl = ops.resolve_standard_impl(config.model.standard_impl)
 
@@ -44,6 +45,8 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
         runners[variant, impl] = JaxModel(impl_config, variant)
     if ynn_convolutions:
       runners[variant, "ynn_convolutions"] = JaxModel(config, variant, ynn_convolutions=True)
+    if memory_scheduler:
+      runners[variant, "memory_scheduler"] = JaxModel(config, variant, memory_scheduler=True)
   for key, runner in runners.items():
     timed_calls(runner.train, warmup)
     if key in inferring:
@@ -68,6 +71,7 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
         "infer_compile_s": jax_model.infer_compile_s,
         "train_step_ms": _step_ms(train),
         "train_step_cpu_ms": 1e3 * statistics.median(train_cpu[variant, "jax"]),
+        "train_temp_bytes": jax_model.train_temp_bytes,
     }
     if with_torch:
       result["torch_train_images_per_s"] = _median_rate(train_seconds[variant, "torch"], batch)
@@ -89,6 +93,12 @@ def measure(config: ml_collections.ConfigDict, variants: list[str], steps: int, 
       result["ynn_convolutions"] = {
           "train_images_per_s": _median_rate(ynn, batch), "train_step_ms": _step_ms(ynn),
           "compiler_options": ops.compiler_options(ynn_convolutions=True)}
+    if memory_scheduler:
+      seconds = train_seconds[variant, "memory_scheduler"]
+      result["memory_scheduler"] = {
+          "train_images_per_s": _median_rate(seconds, batch), "train_step_ms": _step_ms(seconds),
+          "train_temp_bytes": runners[variant, "memory_scheduler"].train_temp_bytes,
+          "compiler_options": ops.compiler_options(memory_scheduler=True)}
     results[variant] = result
   return results
 

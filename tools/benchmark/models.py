@@ -30,11 +30,12 @@ class JaxModel:
 
   The optimizer, schedule and state come from steps.build, as the trainer's do, so the step
   timed is the step training runs; `ynn_convolutions=True` compiles both with jaxlib's default
-  of handing convolutions to YNNPACK (ops.compiler_options) instead of training's options.
+  of handing convolutions to YNNPACK (ops.compiler_options) instead of training's options, and
+  `memory_scheduler=True` with XLA's memory-optimized scheduler.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variant: str,
-               ynn_convolutions: bool = False):
+               ynn_convolutions: bool = False, memory_scheduler: bool = False):
     config = config.copy_and_resolve_references()
     config.model.variant = variant
     batch, resolution = config.train.global_batch_size, config.data.resolution
@@ -50,10 +51,13 @@ class JaxModel:
             jnp.dtype(config.data.image_dtype)),
         "label": rng.integers(0, net.num_classes, batch, dtype=np.int32)})
 
-    options = ops.compiler_options(ynn_convolutions)
+    options = ops.compiler_options(ynn_convolutions, memory_scheduler)
     start = time.perf_counter()
     self.train_step = training.train.lower(self.state, self.batch).compile(options)
     self.compile_s = time.perf_counter() - start
+    memory = self.train_step.memory_analysis()
+    # XLA's working memory for one step, beside its arguments and outputs (None where unknown).
+    self.train_temp_bytes = memory.temp_size_in_bytes if memory is not None else None
     start = time.perf_counter()
     # As evaluation.measure_inference_speed: the weights evaluation uses.
     self.infer = jax.jit(lambda state, images: net.apply(

@@ -12,6 +12,10 @@ def print_lanes(report: dict[str, Any]) -> None:
         f"{report['lanes_train_images_per_s']:.1f} img/s ({report['lanes_over_one_run']:.2f}x)")
 
 
+def _gib(size: int | None) -> str:
+  return "?" if size is None else f"{size / 2**30:.2f} GiB"
+
+
 def print_text(report: dict[str, Any]) -> None:
   print(f"device: {report['device']}; jax {report['jax']}"
         + (f", torch {report['torch']}" if "torch" in report else "")
@@ -46,6 +50,12 @@ def print_text(report: dict[str, Any]) -> None:
       print(f"{variant:8s} jax   train {ynn['train_images_per_s']:8.1f} img/s  with YNNPACK "
             f"convolutions (jaxlib's default); without them {r['train_images_per_s'] / ynn['train_images_per_s']:.2f}x "
             f"of that  (step median {ynn['train_step_ms']['median']:.1f} ms)")
+    if "memory_scheduler" in r:
+      low = r["memory_scheduler"]
+      print(f"{variant:8s} jax   train {low['train_images_per_s']:8.1f} img/s  with XLA's "
+            f"memory-optimized scheduler: {_gib(low['train_temp_bytes'])} of temporaries "
+            f"against {_gib(r['train_temp_bytes'])}; without it "
+            f"{r['train_images_per_s'] / low['train_images_per_s']:.2f}x of that speed")
     impls = r.get("standard_impls", {})
     first, first_timing = next(iter(impls.items()), (None, None))
     for impl, timing in impls.items():
