@@ -152,6 +152,8 @@ def release_free_memory() -> str | None:
   steps reuse only part of them, so without this they stay resident to the end. Call it after
   those moments, never per step: the pages of a step's temporaries would be faulted in again.
   """
+  if os.name != "posix":  # the process's own symbols are reachable this way on POSIX only
+    return None
   process = ctypes.CDLL(None)
   if hasattr(process, "MallocExtension_ReleaseFreeMemory"):
     process.MallocExtension_ReleaseFreeMemory()

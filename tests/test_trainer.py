@@ -132,3 +132,22 @@ def test_profile_window_closes_at_the_runs_end_and_is_off_by_default(monkeypatch
     for done in range(1, 4):
       window.after_step(done, jnp.zeros(()))
   assert profiler.events == expected
+
+
+@pytest.mark.end_to_end
+def test_a_run_hands_free_memory_back_after_the_caches_the_compile_and_each_evaluation(
+    tmp_path, tiny_image_folder, monkeypatch):
+  from configs import dws  # pylint: disable=import-outside-toplevel
+  from mobilenet import allocator  # pylint: disable=import-outside-toplevel
+  events = []
+  monkeypatch.setattr(allocator, "release_free_memory", lambda: events.append("release"))
+  config = dws.get_config("alpha=0.25,resolution=32,batch=8,epochs=2")
+  config.model.num_classes = 3
+  config.data.folder = str(tiny_image_folder)
+  hooks = trainer.Hooks(step_done=lambda step: events.append(f"step {step}"),
+                        eval_batch_done=lambda step: events.append(f"eval {step}"))
+  trainer.train_and_evaluate(config, str(tmp_path / "run"), hooks)
+  collapsed = [event for i, event in enumerate(events) if i == 0 or event != events[i - 1]]
+  # 18 images, 8 a step: 2 steps an epoch, evaluation after each epoch.
+  assert collapsed == ["release", "step 1", "release", "step 2", "eval 2", "release", "step 3",
+                       "step 4", "release", "eval 4", "release"]
